@@ -1,0 +1,1 @@
+"""Readers for the real data formats, token shards and batching."""

@@ -1,0 +1,1 @@
+"""Training: one loop (loop.py) and a module per stage."""

@@ -1,0 +1,325 @@
+"""The one training loop every stage uses (pretrain, sft, rm, dpo, classify; ppo drives its own
+rollouts but reuses the pieces here).
+
+A stage hands the Trainer a model, a batch source that can report and restore its position, a loss
+function and a save function. The Trainer does the rest: AdamW, warmup + cosine learning rate,
+gradient accumulation and clipping, bf16 autocast, periodic validation, a tqdm progress bar,
+periodic atomic checkpoints with everything needed for an exact resume (optimizer, step, data
+position, RNG, elapsed time, loss history), a loss-curve PNG, and DDP under `torchrun`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from ..errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    out: Path
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_fraction: float = 0.03
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    max_steps: int | None = None
+    epochs: float | None = None
+    time_budget: float | None = None  # minutes
+    eval_every: int = 200
+    save_every: int = 200
+    log_every: int = 10
+    seed: int = 1234
+    resume: bool = False
+    bf16: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)  # stage-specific settings, recorded in the summary
+
+
+class BatchSource(Protocol):
+    """Where batches come from. Its state must be enough to continue exactly where it stopped."""
+
+    steps_per_epoch: int  # micro-batches in one pass over the data
+
+    def next_batch(self) -> Any: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class ShuffledBatches:
+    """Examples in a fresh seeded order every epoch, `batch_size` at a time through `collate`.
+
+    The order of epoch e is a permutation seeded by (seed, e), so the position (epoch, index) is the
+    whole state. Under DDP each rank takes every world_size-th batch.
+    """
+
+    def __init__(self, examples: list, batch_size: int, collate: Callable[[list], Any], seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True):
+        if not examples:
+            raise InputError("no training examples")
+        self.examples, self.batch_size, self.collate = examples, batch_size, collate
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        n = len(examples) // batch_size if drop_last and len(examples) >= batch_size else math.ceil(len(examples) / batch_size)
+        self.batches_per_epoch = max(1, n)
+        self.steps_per_epoch = max(1, self.batches_per_epoch // world_size)
+        self.epoch, self.index = 0, 0
+        self._order = None
+
+    def _epoch_order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.examples), generator=g).tolist()
+
+    def next_batch(self):
+        if self._order is None:
+            self._order = self._epoch_order()
+        if self.index >= self.steps_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._epoch_order()
+        b = self.index * self.world_size + self.rank
+        idx = self._order[b * self.batch_size : (b + 1) * self.batch_size]
+        self.index += 1
+        return self.collate([self.examples[i] for i in idx])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index, self._order = state["epoch"], state["index"], None
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world_size); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), world
+    return 0, 1
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def lr_at(progress: float, cfg: TrainConfig) -> float:
+    """Linear warmup over the first `warmup_fraction` of training, then cosine down to min_lr."""
+    if progress < cfg.warmup_fraction:
+        return cfg.lr * max(progress, 1e-3) / cfg.warmup_fraction
+    p = min(1.0, (progress - cfg.warmup_fraction) / max(1e-9, 1 - cfg.warmup_fraction))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * p))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not biases, norms), as in GPT-2/nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    seen, decay, no_decay = set(), [], []
+    for p in params:
+        if id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = {"fused": True} if torch.cuda.is_available() else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **kwargs)
+
+
+def loss_curve_png(history: list[dict], title: str) -> bytes:
+    """A PNG of training (and validation) loss against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", linewidth=1.5, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+SaveFn = Callable[[Path, dict | None, dict, dict], None]
+"""save(out, train_state or None for the final save, summary, files) writes the stage's checkpoint."""
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: torch.nn.Module,
+        batches: BatchSource,
+        loss_fn: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict]],
+        save_fn: SaveFn,
+        eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+        stage: str = "train",
+    ):
+        self.cfg, self.model, self.batches = cfg, model, batches
+        self.loss_fn, self.save_fn, self.eval_fn, self.stage = loss_fn, save_fn, eval_fn, stage
+        self.rank, self.world = distributed()
+        self.optimizer = make_optimizer(model, cfg)
+        self.step, self.elapsed, self.tokens = 0, 0.0, 0
+        self.history: list[dict] = []
+        self.total_steps = self._total_steps()
+
+    def _total_steps(self) -> int | None:
+        c = self.cfg
+        if c.max_steps:
+            return c.max_steps
+        if c.epochs:
+            return max(1, math.ceil(c.epochs * self.batches.steps_per_epoch / c.grad_accum))
+        if c.time_budget:
+            return None
+        raise InputError("give --max-steps, --epochs or --time-budget")
+
+    def progress(self) -> float:
+        by_steps = self.step / self.total_steps if self.total_steps else 0.0
+        by_time = self.elapsed / (self.cfg.time_budget * 60) if self.cfg.time_budget else 0.0
+        return min(1.0, max(by_steps, by_time))
+
+    # -- state ---------------------------------------------------------------------------------
+    def train_state(self) -> dict:
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "tokens": self.tokens,
+            "optimizer": self.optimizer.state_dict(),
+            "batches": self.batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "history": json.dumps(self.history),
+        }
+
+    def load_train_state(self, state: dict) -> None:
+        self.step, self.elapsed, self.tokens = state["step"], state["elapsed"], state["tokens"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        self.history = json.loads(state["history"])
+
+    def summary(self) -> dict:
+        last = {k: v for h in self.history for k, v in h.items() if k != "step"}
+        return {"steps": self.step, "tokens": self.tokens, "minutes": round(self.elapsed / 60, 2),
+                "final": last, **({"settings": self.cfg.extra} if self.cfg.extra else {})}
+
+    def _save(self, final: bool) -> None:
+        if self.rank != 0:
+            return
+        files = {
+            "train_log.jsonl": "".join(json.dumps(h) + "\n" for h in self.history).encode(),
+            "loss_curve.png": loss_curve_png(self.history, f"hangpt {self.stage}"),
+        }
+        self.save_fn(self.cfg.out, None if final else self.train_state(), self.summary(), files)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _micro_step(self, model) -> dict:
+        batch = self.batches.next_batch()
+        with torch.autocast(device_type=device().type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            loss, metrics = self.loss_fn(model, batch)
+        (loss / self.cfg.grad_accum).backward()
+        return {"loss": loss.item(), **metrics}
+
+    def _evaluate(self) -> dict:
+        if self.eval_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), torch.autocast(device_type=device().type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            metrics = self.eval_fn(self.model)
+        self.model.train()
+        return metrics
+
+    def fit(self) -> dict:
+        """Train until max steps / epochs / time budget; returns the training summary."""
+        from tqdm.auto import tqdm
+
+        model = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model)
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", dynamic_ncols=True,
+                   disable=not self.cfg.progress or self.rank != 0)
+        window: list[dict] = []
+        try:
+            while self.progress() < 1.0:
+                t0 = time.perf_counter()
+                lr = lr_at(self.progress(), self.cfg)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                micro = [self._micro_step(model) for _ in range(self.cfg.grad_accum)]
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip).item()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                dt = time.perf_counter() - t0
+                self.step += 1
+                self.elapsed += dt
+                step_tokens = sum(m.get("tokens", 0) for m in micro) * self.world
+                self.tokens += step_tokens
+                metrics = {k: sum(m[k] for m in micro) / len(micro) for k in micro[0] if k != "tokens"}
+                metrics.update(lr=lr, grad_norm=grad_norm, tokens_per_s=step_tokens / dt if dt else 0.0)
+                window.append(metrics)
+                bar.update(1)
+                if self.step % self.cfg.log_every == 0 or self.progress() >= 1.0:
+                    avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                    self.history.append({"step": self.step, **{k: round(v, 6) for k, v in avg.items()}})
+                    bar.set_postfix(loss=f"{avg['loss']:.3f}", tok_s=f"{avg['tokens_per_s']:.0f}", lr=f"{lr:.1e}")
+                    window = []
+                if self.eval_fn and self.step % self.cfg.eval_every == 0 and self.progress() < 1.0:
+                    self.history.append({"step": self.step, **self._evaluate()})
+                    bar.write(_format_metrics(self.step, self.history[-1]))
+                if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
+                    self._save(final=False)
+        except KeyboardInterrupt:
+            bar.close()
+            self._save(final=False)
+            raise InputError(f"interrupted at step {self.step}; checkpoint saved in {self.cfg.out} "
+                             f"(continue with --resume)") from None
+        bar.close()
+        if self.eval_fn:
+            self.history.append({"step": self.step, **self._evaluate()})
+        self._save(final=True)
+        return self.summary()
+
+
+def _format_metrics(step: int, metrics: dict) -> str:
+    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step")
+    return f"step {step}: {shown}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
