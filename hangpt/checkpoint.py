@@ -111,12 +111,14 @@ def save_checkpoint(
     generation_config: dict | None = None,
     train_state: dict | None = None,
     files: dict[str, bytes] | None = None,
+    extra_config: dict | None = None,
 ) -> Path:
     """Write a complete checkpoint folder atomically.
 
     meta goes to hangpt.json (stage, chat template, head, training summary). extra_tensors are
     saved beside the LM weights under their own names (e.g. `score.weight`). Files already in the
     old folder that this save does not write (loss plots, reports) are carried over.
+    extra_config adds keys to config.json (e.g. num_labels/id2label for a classification head).
     """
     from safetensors.torch import save_file
 
@@ -128,7 +130,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         cfg = model.config
-        config = cfg.to_hf_dict()
+        config = {**cfg.to_hf_dict(), **(extra_config or {})}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tensors = _to_gpt2_state(model)
         for name, t in (extra_tensors or {}).items():

@@ -1,0 +1,116 @@
+"""Conversation data for SFT, read from the real files unchanged: every example becomes a list of
+OpenAI-style messages ending with the assistant's answer, which a chat template then renders.
+
+Formats (detected from the file name and the first character):
+- `.csv` / `.tsv`: question/answer columns, as ChatbotData's `Q,A,label` (extra columns ignored);
+- `.json` / `.jsonl`: a JSON array or JSON lines of `{prompt, completion}` (KoChatGPT's SFT file is a
+  JSON array named `.jsonl`, with a BOM) or of `{messages: [{role, content}, ...]}` (multi-turn).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+_ROLES = ("system", "user", "assistant")
+
+
+def read_conversations(path: str | Path, *, question_column: str = "Q", answer_column: str = "A") -> list[list[dict]]:
+    """Each example as messages ending with the assistant's answer. Errors name file and line/record."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    text = _read_utf8(path)
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        examples = _read_table(path, text, "\t" if suffix == ".tsv" else ",", question_column, answer_column)
+    elif suffix in (".json", ".jsonl"):
+        examples = _read_json_records(path, text)
+    else:
+        raise InputError(f"{path}: unknown conversation format (use .csv/.tsv with {question_column}/{answer_column} "
+                         f"columns, or .json/.jsonl with prompt/completion or messages)")
+    if not examples:
+        raise InputError(f"{path}: no examples in this file")
+    return examples
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line} is not valid UTF-8 (convert it with `iconv -f cp949 -t utf-8` "
+                         f"if it was saved as cp949/euc-kr)") from None
+
+
+def _read_table(path: Path, text: str, delimiter: str, q_col: str, a_col: str) -> list[list[dict]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = [h.strip() for h in next(reader, [])]
+    missing = [c for c in (q_col, a_col) if c not in header]
+    if missing:
+        raise InputError(f"{path}: line 1: no column {missing[0]!r} in the header (columns: {', '.join(header) or 'none'}); "
+                         f"choose with --question-column/--answer-column")
+    qi, ai = header.index(q_col), header.index(a_col)
+    examples = []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        line = reader.line_num
+        if len(row) <= max(qi, ai):
+            raise InputError(f"{path}: line {line}: expected {len(header)} fields, found {len(row)}")
+        question, answer = row[qi].strip(), row[ai].strip()
+        for name, value in ((q_col, question), (a_col, answer)):
+            if not value:
+                raise InputError(f"{path}: line {line}: field {name!r} is empty")
+        examples.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+    return examples
+
+
+def _read_json_records(path: Path, text: str) -> list[list[dict]]:
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+        return [_record_messages(r, f"{path}: record {i}") for i, r in enumerate(records, start=1)]
+    examples = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: line {line_no}: invalid JSON ({e.msg})") from None
+        examples.append(_record_messages(record, f"{path}: line {line_no}"))
+    return examples
+
+
+def _record_messages(record, where: str) -> list[dict]:
+    """One record as messages: {prompt, completion} or {messages: [...]}, ending with an answer."""
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: expected an object with prompt/completion or messages")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise InputError(f"{where}: field 'messages' must be a non-empty list")
+        out = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in _ROLES:
+                raise InputError(f"{where}: messages[{i}].role must be one of {', '.join(_ROLES)}")
+            if not isinstance(m.get("content"), str):
+                raise InputError(f"{where}: messages[{i}].content must be a string")
+            out.append({"role": m["role"], "content": m["content"]})
+        if out[-1]["role"] != "assistant":
+            raise InputError(f"{where}: the last message must be the assistant's answer")
+        return out
+    for key in ("prompt", "completion"):
+        if not isinstance(record.get(key), str) or not record[key].strip():
+            raise InputError(f"{where}: field {key!r} is missing or empty (expected prompt/completion or messages)")
+    return [{"role": "user", "content": record["prompt"].strip()},
+            {"role": "assistant", "content": record["completion"].strip()}]
