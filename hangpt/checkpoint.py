@@ -117,7 +117,7 @@ def save_checkpoint(
 
     meta goes to hangpt.json (stage, chat template, head, training summary). extra_tensors are
     saved beside the LM weights under their own names (e.g. `score.weight`). Files already in the
-    old folder that this save does not write (loss plots, reports) are carried over.
+    old folder that this save does not write (loss plots, reports, a data cache folder) are carried over.
     extra_config adds keys to config.json (e.g. num_labels/id2label for a classification head).
     """
     from safetensors.torch import save_file
@@ -148,8 +148,12 @@ def save_checkpoint(
             (tmp / name).write_bytes(data)
         if out.is_dir():
             for old in out.iterdir():
-                if old.is_file() and not (tmp / old.name).exists() and old.name != _TRAIN_STATE:
+                if (tmp / old.name).exists() or old.name == _TRAIN_STATE:
+                    continue
+                if old.is_file():
                     shutil.copy2(old, tmp / old.name)
+                elif old.is_dir():  # e.g. the run's token cache: moved, not copied (it can be large)
+                    os.replace(old, tmp / old.name)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
