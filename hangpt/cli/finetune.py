@@ -1,0 +1,179 @@
+"""`hangpt sft`, `hangpt chat` and `hangpt classify train|eval|predict`."""
+
+from __future__ import annotations
+
+import click
+
+from .options import print_json, training_options
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _train_config(out, opts: dict, *, batch_size: int, lr: float, default_epochs: float):
+    """TrainConfig from the shared training flags, with this stage's defaults for unset ones."""
+    from pathlib import Path
+
+    from ..train.loop import TrainConfig
+
+    epochs = opts["epochs"]
+    if not (epochs or opts["max_steps"] or opts["time_budget"]):
+        epochs = default_epochs
+    cfg = TrainConfig(out=Path(out), batch_size=opts["batch_size"] or batch_size, grad_accum=opts["grad_accum"],
+                      lr=opts["lr"] or lr, max_steps=opts["max_steps"], epochs=epochs,
+                      time_budget=opts["time_budget"], seed=opts["seed"], resume=opts["resume"], bf16=opts["bf16"])
+    if opts["eval_every"]:
+        cfg.eval_every = opts["eval_every"]
+    if opts["save_every"]:
+        cfg.save_every = opts["save_every"]
+    return cfg
+
+
+def _check_model(model, resume):
+    if not model and not resume:
+        raise click.UsageError("--model is required (unless --resume continues the run in --out)")
+
+
+# -- sft ----------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--model", default=None, help="Pretrained checkpoint folder (or hub id) to start from.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Q/A CSV/TSV (ChatbotData), prompt/completion JSON(L) (KoChatGPT) or messages JSONL.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the chat model to.")
+@click.option("--template", default=None,
+              help="Chat template: default (role tokens), kogpt2 (<usr>/<sys>) or alpaca-ko "
+                   "[default: the model's own, else default].")
+@click.option("--question-column", default="Q", show_default=True, help="CSV/TSV column with the question.")
+@click.option("--answer-column", default="A", show_default=True, help="CSV/TSV column with the answer.")
+@training_options
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+def sft(model, data, out, template, question_column, answer_column, as_json, **opts):
+    """Fine-tune a GPT into a chat model; the loss is on the answers (and their end token) only.
+
+    Defaults: 3 epochs, batch 16, lr 3e-4, --max-length the model's context, 10% held out."""
+    from ..data.conversations import read_conversations
+    from ..train.sft import run_sft
+
+    _check_model(model, opts["resume"])
+    conversations = read_conversations(data, question_column=question_column, answer_column=answer_column)
+    _log(f"{len(conversations)} conversations from {data}")
+    cfg = _train_config(out, opts, batch_size=16, lr=3e-4, default_epochs=3)
+    val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
+    summary = run_sft(model, conversations, cfg, template_name=template, max_length=opts["max_length"],
+                      val_fraction=val_fraction, log=_log)
+    if as_json:
+        print_json({"out": out, **summary})
+    else:
+        final = summary["final"]
+        val = f", validation answer loss {final['val_loss']:.4f}" if "val_loss" in final else ""
+        click.echo(f"chat model written to {out}: {summary['steps']} steps, train loss {final.get('loss', float('nan')):.4f}{val}")
+
+
+# -- classify -----------------------------------------------------------------------------------
+
+
+def _data_options(f):
+    f = click.option("--label-column", default="label", show_default=True, help="Column with the label.")(f)
+    f = click.option("--text-column", default="document", show_default=True, help="Column with the text.")(f)
+    return f
+
+
+@click.group()
+def classify():
+    """GPT + linear head on the last token: train, evaluate (accuracy, confusion matrix), predict."""
+
+
+@classify.command("train")
+@click.option("--model", default=None, help="Pretrained checkpoint folder (or hub id) to start from.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="TSV (NSMC: id, document, label; quoting off) or CSV with a header row.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the classifier to.")
+@_data_options
+@training_options
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+def classify_train(model, data, out, text_column, label_column, as_json, **opts):
+    """Fine-tune GPT + a linear head on labeled texts (any number of labels, any label strings).
+
+    Defaults: 1 epoch, batch 32, lr 2e-4, --max-length 128, 5% held out."""
+    from ..data.classification import read_labeled_texts
+    from ..train.classify import run_classify_train
+
+    _check_model(model, opts["resume"])
+    rows = read_labeled_texts(data, text_column=text_column, label_column=label_column)
+    _log(f"{len(rows.texts)} labeled texts from {data}"
+         + (f" ({rows.skipped_empty} rows with an empty text skipped)" if rows.skipped_empty else ""))
+    cfg = _train_config(out, opts, batch_size=32, lr=2e-4, default_epochs=1)
+    val_fraction = 0.05 if opts["val_fraction"] is None else opts["val_fraction"]
+    summary = run_classify_train(model, rows.texts, rows.labels, cfg, max_length=opts["max_length"] or 128,
+                                 val_fraction=val_fraction, log=_log)
+    summary["skipped_empty"] = rows.skipped_empty
+    if as_json:
+        print_json({"out": out, **summary})
+    else:
+        final = summary["final"]
+        val = f", validation accuracy {final['val_acc']:.2%}" if "val_acc" in final else ""
+        click.echo(f"classifier written to {out}: {summary['steps']} steps{val}")
+
+
+@classify.command("eval")
+@click.option("--model", required=True, help="Classifier checkpoint folder.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labeled TSV/CSV file.")
+@_data_options
+@click.option("--max-length", type=click.IntRange(min=1), default=128, show_default=True, help="Tokens per text.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print accuracy and confusion matrix as JSON.")
+def classify_eval(model, data, text_column, label_column, max_length, batch_size, as_json):
+    """Accuracy and confusion matrix on labeled data."""
+    from ..data.classification import read_labeled_texts
+    from ..train.classify import encode_texts, evaluate, label_indices, load_classifier
+
+    clf = load_classifier(model)
+    rows = read_labeled_texts(data, text_column=text_column, label_column=label_column)
+    seqs, _ = encode_texts(clf.tokenizer, rows.texts, min(max_length, clf.model.gpt.config.n_positions))
+    result = evaluate(clf.model, seqs, label_indices(rows.labels, clf.labels, str(data)), clf.tokenizer.pad_id,
+                      batch_size)
+    result.update(labels=clf.labels, skipped_empty=rows.skipped_empty)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"accuracy {result['accuracy']:.2%} on {result['n']} texts"
+               + (f" ({rows.skipped_empty} empty rows skipped)" if rows.skipped_empty else ""))
+    width = max(8, *(len(label) + 2 for label in clf.labels))
+    click.echo("true \\ predicted".ljust(width + 8) + "".join(label.rjust(width) for label in clf.labels))
+    for label, row in zip(clf.labels, result["confusion"]):
+        click.echo(label.ljust(width + 8) + "".join(str(c).rjust(width) for c in row))
+
+
+@classify.command("predict")
+@click.option("--model", required=True, help="Classifier checkpoint folder.")
+@click.option("--text", "texts", multiple=True, help="Text to classify (repeatable).")
+@click.option("--data", default=None, type=click.Path(dir_okay=False), help="TSV/CSV file of texts to classify.")
+@click.option("--text-column", default="document", show_default=True, help="Column with the text (with --data).")
+@click.option("--max-length", type=click.IntRange(min=1), default=128, show_default=True, help="Tokens per text.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every prediction.")
+def classify_predict(model, texts, data, text_column, max_length, as_json):
+    """Print each text's most likely label and its probability."""
+    from ..data.classification import read_labeled_texts
+    from ..errors import InputError
+    from ..train.classify import encode_texts, load_classifier, predict_proba
+
+    texts = list(texts)
+    if data:
+        texts += read_labeled_texts(data, text_column=text_column, label_column=None).texts
+    if not texts:
+        raise InputError("give --text or --data")
+    clf = load_classifier(model)
+    seqs, _ = encode_texts(clf.tokenizer, texts, min(max_length, clf.model.gpt.config.n_positions))
+    probs = predict_proba(clf.model, seqs, clf.tokenizer.pad_id)
+    best = probs.argmax(-1).tolist()
+    predictions = [{"text": t, "label": clf.labels[b], "probability": round(p[b].item(), 6),
+                    "probabilities": {label: round(x, 6) for label, x in zip(clf.labels, p.tolist())}}
+                   for t, b, p in zip(texts, best, probs)]
+    if as_json:
+        print_json({"predictions": predictions})
+        return
+    for p in predictions:
+        click.echo(f"{p['probability']:.2%} label {p['label']}: {p['text']}")

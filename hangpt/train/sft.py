@@ -1,0 +1,158 @@
+"""Supervised fine-tuning: a pretrained GPT learns to answer, from conversations rendered by a chat
+template. The loss covers only the assistant's answers and their end marker (the prompt tokens are
+labelled -100), so the model learns to answer and to stop, not to imitate the questions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from ..errors import InputError
+from ..templates import IGNORE_INDEX, ChatTemplate, get_template, prepare_tokenizer, template_for
+from .loop import ShuffledBatches, TrainConfig, Trainer, device, seed_everything
+
+Example = tuple[list[int], list[int]]  # (input_ids, labels)
+
+
+@dataclass
+class EncodedConversations:
+    examples: list[Example]
+    truncated: int  # prompts cut from the left to fit max_length
+    dropped: int  # answers alone longer than max_length
+
+
+def holdout_split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, validation): a seeded random `val_fraction` of the items is held out."""
+    n_val = int(round(len(items) * val_fraction))
+    if val_fraction > 0 and n_val == 0 and len(items) > 1:
+        n_val = 1
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+
+
+def fit_length(ids: list[int], labels: list[int], max_length: int) -> Example | None:
+    """Cut the oldest tokens so the example fits, keeping the whole last answer; None when the last
+    answer alone (plus one prompt token to predict its first token from) does not fit."""
+    if len(ids) <= max_length:
+        return ids, labels
+    prompt_end = max((i for i, label in enumerate(labels) if label == IGNORE_INDEX), default=-1)
+    if len(ids) - prompt_end > max_length:
+        return None
+    return ids[-max_length:], labels[-max_length:]
+
+
+def encode_conversations(conversations: list[list[dict]], template: ChatTemplate, tokenizer,
+                         max_length: int) -> EncodedConversations:
+    examples, truncated, dropped = [], 0, 0
+    for messages in conversations:
+        ids, labels = template.encode_example(tokenizer, messages)
+        fitted = fit_length(ids, labels, max_length)
+        if fitted is None:
+            dropped += 1
+            continue
+        truncated += len(fitted[0]) < len(ids)
+        examples.append(fitted)
+    return EncodedConversations(examples, truncated, dropped)
+
+
+def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example: pads get label -100 so they carry no loss.
+
+    No padding mask is needed: with right padding every pad comes after all real tokens of its row,
+    so the causal mask alone already stops real tokens from attending to pads (the pads' own
+    outputs are never used), and the model keeps SDPA's fast is_causal path.
+    """
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        ids[row, : len(x)] = torch.tensor(x)
+        labels[row, : len(y)] = torch.tensor(y)
+    return ids, labels
+
+
+def answer_loss(model, ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> tuple[torch.Tensor, int]:
+    """Cross-entropy of each answer token given everything before it; (loss, number of answer tokens).
+
+    The vocabulary projection is applied only at the positions that predict an answer token, which
+    skips most of the lm_head work (prompts and padding) on a CPU.
+    """
+    hidden = model(ids, return_logits=False).logits[:, :-1]
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    lm_head = getattr(model, "module", model).lm_head  # DDP wraps the model
+    logits = lm_head(hidden[keep])
+    return F.cross_entropy(logits.float(), target[keep], reduction=reduction), int(keep.sum())
+
+
+def validation_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> float:
+    """Mean answer-token loss over the held-out examples (batched by length for speed)."""
+    ordered = sorted(examples, key=lambda e: len(e[0]))
+    total, count = 0.0, 0
+    dev = next(model.parameters()).device
+    for i in range(0, len(ordered), batch_size):
+        ids, labels = collate(ordered[i : i + batch_size], pad_id)
+        loss, n = answer_loss(model, ids.to(dev), labels.to(dev), reduction="sum")
+        total, count = total + loss.item(), count + n
+    return total / max(count, 1)
+
+
+def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainConfig, *,
+            template_name: str | None = None, max_length: int | None = None, val_fraction: float = 0.1,
+            log=print) -> dict:
+    """Fine-tune the checkpoint in `model_dir` (or continue the run in cfg.out with cfg.resume) and
+    write the result to cfg.out; returns the training summary."""
+    seed_everything(cfg.seed)
+    state = None
+    if cfg.resume:
+        state = load_train_state(cfg.out)
+        if state is None:
+            raise InputError(f"{cfg.out}: no train_state.pt to resume from (the run finished or never saved one)")
+        ckpt = load_checkpoint(cfg.out)
+        template = template_for(ckpt.meta)
+        base = ckpt.meta.get("base_model", {})
+    else:
+        ckpt = load_checkpoint(model_dir)
+        template = get_template(template_name) if template_name else template_for(ckpt.meta)
+        base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
+    model, tokenizer = ckpt.model, ckpt.tokenizer
+    added = prepare_tokenizer(template, tokenizer, model)
+    if added:
+        log(f"added tokens {', '.join(added)} to the tokenizer; embeddings resized to {model.config.vocab_size}")
+    max_length = min(max_length or model.config.n_positions, model.config.n_positions)
+    train_convs, val_convs = holdout_split(conversations, val_fraction, cfg.seed)
+    train = encode_conversations(train_convs, template, tokenizer, max_length)
+    val = encode_conversations(val_convs, template, tokenizer, max_length)
+    truncated, dropped = train.truncated + val.truncated, train.dropped + val.dropped
+    if truncated or dropped:
+        log(f"{truncated} examples had their prompt cut from the left and {dropped} were dropped "
+            f"(answer longer than --max-length {max_length})")
+    pad_id = tokenizer.pad_id
+    cfg.extra.update(template=template.name, max_length=max_length, train_examples=len(train.examples),
+                     val_examples=len(val.examples), truncated=truncated, dropped=dropped)
+    batches = ShuffledBatches(train.examples, cfg.batch_size, lambda b: collate(b, pad_id), seed=cfg.seed)
+
+    def loss_fn(m, batch):
+        ids, labels = batch
+        loss, n = answer_loss(m, ids.to(dev), labels.to(dev))
+        return loss, {"tokens": n}
+
+    def eval_fn(m):
+        return {"val_loss": round(validation_loss(m, val.examples, pad_id, cfg.batch_size), 6)}
+
+    def save_fn(out, train_state, summary, files):
+        meta = {"stage": "sft", "base_model": base, "chat_template": template.to_dict(), "training": summary}
+        save_checkpoint(out, model, tokenizer, meta, train_state=train_state, files=files)
+
+    dev = device()
+    model.to(dev)
+    trainer = Trainer(cfg, model, batches, loss_fn, save_fn, eval_fn if val.examples else None, stage="sft")
+    if state is not None:
+        trainer.load_train_state(state)
+    return trainer.fit()
+
