@@ -1,0 +1,113 @@
+"""The formulas of preference learning and RLHF, as pure functions of tensors.
+
+Kept apart from the training code so each can be checked on hand-made numbers: the pairwise reward
+loss (InstructGPT), the sigmoid DPO loss (as TRL defines it), per-token log-probs, the KL-shaped
+PPO rewards, GAE, advantage whitening, and PPO's clipped policy and value losses.
+Masks are float or bool tensors of the same shape, 1 where a token counts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pairwise_reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
+                         margin: torch.Tensor | None = None) -> torch.Tensor:
+    """-log sigmoid(r_chosen - r_rejected [- margin]), averaged over pairs."""
+    diff = r_chosen - r_rejected
+    if margin is not None:
+        diff = diff - margin
+    return -F.logsigmoid(diff).mean()
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sigmoid DPO: per-pair losses -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), and
+    the implicit rewards beta * (pi - ref) of chosen and rejected (detached), as TRL logs them.
+    Inputs are summed log-probs of each answer."""
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    losses = -F.logsigmoid(beta * (chosen_logratio - rejected_logratio))
+    return losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(tokens[b, t]) under logits[b, t] (logits already aligned with the tokens they predict)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of the log-probs of the answer tokens of each row (position t predicts token t+1)."""
+    lp = token_logprobs(logits[:, :-1], input_ids[:, 1:])
+    return (lp * answer_mask[:, 1:].to(lp.dtype)).sum(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position (nats)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (TRL's whitening of advantages)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.to(x.dtype).sum()
+    if n > 1:
+        var = var * n / (n - 1)  # unbiased, as TRL
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return out if shift_mean else out + mean
+
+
+def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor,
+                         mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: -kl_coef * (logp - logp_ref) on every response token, plus the reward
+    model's score on the last one. Returns (rewards, per-token kl); both are 0 outside the mask."""
+    mask = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    rewards[torch.arange(rewards.shape[0]), last] += scores.to(rewards.dtype)
+    return rewards * mask, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over response tokens (B, T), responses left-aligned and
+    padded on the right. The value after the last token is 0. Returns (advantages, returns)."""
+    mask = mask.to(values.dtype)
+    values, rewards = values * mask, rewards * mask
+    T = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, advantages + values
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1-e, 1+e)), r = pi/pi_old.
+    Returns (loss, fraction of tokens where the clipped term was the larger)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clipfrac
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   mask: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """0.5 * mean max((v - R)^2, (v_clipped - R)^2), v_clipped = old + clip(v - old, -e, e)."""
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
