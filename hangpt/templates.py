@@ -142,6 +142,26 @@ def prepare_tokenizer(template: ChatTemplate, tokenizer, model) -> list[str]:
     return added
 
 
+def fit_conversation(template: ChatTemplate, tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], int]:
+    """Prompt ids of a conversation cut to at most max_tokens, for a model with a limited context:
+    the oldest turns go first (system messages and the last message stay); if the last message
+    alone is still too long, only its last tokens are kept. Returns (ids, messages dropped)."""
+    kept = list(messages)
+    ids = template.encode_prompt(tokenizer, kept)
+    dropped = 0
+    while len(ids) > max_tokens:
+        oldest = next((i for i, m in enumerate(kept[:-1]) if m["role"] != "system"), None)
+        if oldest is None:
+            return ids[-max_tokens:], dropped
+        del kept[oldest]
+        dropped += 1
+        if oldest < len(kept) - 1 and kept[oldest]["role"] == "assistant":  # its answer goes with it
+            del kept[oldest]
+            dropped += 1
+        ids = template.encode_prompt(tokenizer, kept)
+    return ids, dropped
+
+
 def _check_messages(messages: list[dict]) -> None:
     if not messages:
         raise InputError("a conversation needs at least one message")

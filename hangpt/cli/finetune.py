@@ -72,6 +72,88 @@ def sft(model, data, out, template, question_column, answer_column, as_json, **o
         click.echo(f"chat model written to {out}: {summary['steps']} steps, train loss {final.get('loss', float('nan')):.4f}{val}")
 
 
+# -- chat ---------------------------------------------------------------------------------------
+
+_CHAT_HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
+
+
+@click.command()
+@click.option("--model", required=True, help="Chat model folder (its chat template is used to format prompts).")
+@click.option("--system", default=None, help="System message for the conversation.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--greedy", is_flag=True, help="Always pick the most likely token (no sampling).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="0 turns it off.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=1.1, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
+def chat(model, system, max_new_tokens, greedy, temperature, top_k, top_p, repetition_penalty, seed):
+    """Multi-turn chat in the terminal, answers streamed as they are generated.
+
+    Reads one message per line from standard input (so it also works piped); the oldest turns are
+    dropped when the conversation no longer fits the model's context.
+
+    \b
+    /reset         forget the conversation
+    /system TEXT   set the system message (empty TEXT removes it)
+    /quit          leave (or Ctrl-D)
+    """
+    import sys
+
+    from ..checkpoint import load_checkpoint
+    from ..engine import Engine, GenerationConfig
+    from ..templates import fit_conversation, prepare_tokenizer, template_for
+
+    ckpt = load_checkpoint(model)
+    template = template_for(ckpt.meta)
+    tokenizer = ckpt.tokenizer
+    prepare_tokenizer(template, tokenizer, ckpt.model)
+    n_positions = ckpt.model.config.n_positions
+    max_new_tokens = min(max_new_tokens, n_positions - 1)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=temperature,
+                              top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                              stop=template.stop_strings(tokenizer.eos_token or ""), seed=seed)
+    config.validate()
+    engine = Engine(ckpt.model, tokenizer)
+    interactive = sys.stdin.isatty()
+    _log(f"chatting with {model} (template {template.name}); {_CHAT_HELP}")
+    history: list[dict] = []
+    while True:
+        if interactive:
+            click.echo("> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, rest = line.partition(" ")
+            if command == "/quit":
+                break
+            if command == "/reset":
+                history = []
+                _log("(conversation reset)")
+            elif command == "/system":
+                system = rest.strip() or None
+                _log(f"(system message {'set' if system else 'removed'})")
+            else:
+                _log(f"unknown command {command}; {_CHAT_HELP}")
+            continue
+        history.append({"role": "user", "content": line})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        ids, dropped = fit_conversation(template, tokenizer, messages, n_positions - max_new_tokens)
+        if dropped:
+            history = history[dropped:]
+            _log(f"(the {dropped} oldest messages no longer fit the context and were dropped)")
+        answer = []
+        for event in engine.stream(ids, config):
+            answer.append(event.text)
+            click.echo(event.text, nl=False)
+        click.echo()
+        history.append({"role": "assistant", "content": "".join(answer)})
+
+
 # -- classify -----------------------------------------------------------------------------------
 
 
