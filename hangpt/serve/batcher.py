@@ -1,0 +1,135 @@
+"""Decode concurrent HTTP requests together: an asyncio front queues jobs, one worker thread runs
+`Engine.stream_batch` over whatever is queued and hands each event back to the request's own
+asyncio queue.
+
+Each job is one sequence (the app splits `n` > 1 into n jobs), so the engine's row index is the
+job's position in the batch. A job whose client went away is cancelled and the engine drops its
+row. Beam-search jobs produce all their sequences at once through `Engine.generate`, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..engine import Engine, GenerationConfig, StreamEvent
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    config: GenerationConfig
+    choices: list[int]  # the response's choice index of each sequence (several only for beam search)
+    ticket: "Ticket | None" = None
+
+    @property
+    def is_beam(self) -> bool:
+        return self.config.num_beams > 1
+
+
+class Ticket:
+    """One HTTP request's view of its jobs: an asyncio queue of (choice, StreamEvent)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n_choices: int):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._remaining = n_choices
+        self.cancelled = False
+
+    def push(self, item) -> None:
+        """Called from the worker thread."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def events(self):
+        """(choice, StreamEvent) until every choice has finished; re-raises the worker's error."""
+        while self._remaining:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            choice, event = item
+            if event.finish_reason is not None:
+                self._remaining -= 1
+            yield choice, event
+
+
+class Batcher:
+    def __init__(self, engine: Engine, max_batch_size: int = 16, gather_seconds: float = 0.005):
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.gather_seconds = gather_seconds
+        self._pending: list[Job] = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="hangpt-batcher", daemon=True)
+        self.batches = 0  # decoded batches, and the largest one (for /health)
+        self.largest_batch = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def submit(self, jobs: list[Job]) -> Ticket:
+        ticket = Ticket(asyncio.get_running_loop(), sum(len(j.choices) for j in jobs))
+        with self._cond:
+            for job in jobs:
+                job.ticket = ticket
+                self._pending.append(job)
+            self._cond.notify()
+        return ticket
+
+    # -- worker thread -------------------------------------------------------------------------
+    def _take(self) -> list[Job]:
+        """Wait for work, give late arrivals a moment to join, then take one batch (FIFO)."""
+        with self._cond:
+            while not self._pending and not self._stopped:
+                self._cond.wait()
+            if self._stopped:
+                return []
+        if len(self._pending) < self.max_batch_size:
+            time.sleep(self.gather_seconds)
+        with self._cond:
+            self._pending = [j for j in self._pending if not j.ticket.cancelled]
+            if self._pending and self._pending[0].is_beam:
+                return [self._pending.pop(0)]
+            batch = [j for j in self._pending if not j.is_beam][: self.max_batch_size]
+            taken = {id(j) for j in batch}
+            self._pending = [j for j in self._pending if id(j) not in taken]
+            return batch
+
+    def _run(self) -> None:
+        while not self._stopped:
+            jobs = self._take()
+            if not jobs:
+                continue
+            try:
+                if jobs[0].is_beam:
+                    self._beam(jobs[0])
+                else:
+                    self._stream(jobs)
+            except BaseException as e:  # the requests learn why; the worker keeps serving
+                for ticket in {id(j.ticket): j.ticket for j in jobs}.values():
+                    ticket.push(e)
+
+    def _stream(self, jobs: list[Job]) -> None:
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        requests = [(j.prompt_ids, j.config) for j in jobs]
+        for event in self.engine.stream_batch(requests, is_cancelled=lambda i: jobs[i].ticket.cancelled):
+            job = jobs[event.index]
+            job.ticket.push((job.choices[0], event))
+
+    def _beam(self, job: Job) -> None:
+        self.batches += 1
+        [completions] = self.engine.generate([job.prompt_ids], job.config)
+        for choice, c in zip(job.choices, completions):
+            job.ticket.push((choice, StreamEvent(choice, c.text, c.token_ids, c.finish_reason, c.logprobs)))
