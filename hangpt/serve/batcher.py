@@ -23,6 +23,7 @@ class Job:
     config: GenerationConfig
     choices: list[int]  # the response's choice index of each sequence (several only for beam search)
     ticket: "Ticket | None" = None
+    done: bool = False
 
     @property
     def is_beam(self) -> bool:
@@ -68,6 +69,16 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="hangpt-batcher", daemon=True)
         self.batches = 0  # decoded batches, and the largest one (for /health)
         self.largest_batch = 0
+        self._current: list[Job] = []
+
+    @property
+    def running(self) -> int:
+        """Sequences being decoded right now for clients that are still there."""
+        return sum(1 for j in self._current if not j.done and not j.ticket.cancelled)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._pending)
 
     def start(self) -> None:
         self._thread.start()
@@ -111,6 +122,7 @@ class Batcher:
             jobs = self._take()
             if not jobs:
                 continue
+            self._current = jobs
             try:
                 if jobs[0].is_beam:
                     self._beam(jobs[0])
@@ -119,6 +131,8 @@ class Batcher:
             except BaseException as e:  # the requests learn why; the worker keeps serving
                 for ticket in {id(j.ticket): j.ticket for j in jobs}.values():
                     ticket.push(e)
+            finally:
+                self._current = []
 
     def _stream(self, jobs: list[Job]) -> None:
         self.batches += 1
@@ -126,6 +140,7 @@ class Batcher:
         requests = [(j.prompt_ids, j.config) for j in jobs]
         for event in self.engine.stream_batch(requests, is_cancelled=lambda i: jobs[i].ticket.cancelled):
             job = jobs[event.index]
+            job.done = event.finish_reason is not None
             job.ticket.push((job.choices[0], event))
 
     def _beam(self, job: Job) -> None:

@@ -2,7 +2,8 @@
 pairs: the human-ranking step of RLHF, whose output `hangpt rm train` reads.
 
 A ranking gives each answer a rank (lower = better, ties allowed, as in KoChatGPT's `ranking`);
-every two answers with different ranks make one `{prompt, chosen, rejected}` pair.
+every two answers with different ranks make one `{prompt, chosen, rejected}` pair. The prompt is
+the user's message, or (with a system prompt) the messages list TRL's conversational format uses.
 """
 
 from __future__ import annotations
@@ -74,15 +75,15 @@ def check_ranking(answers: list[str], ranks: list[int]) -> None:
 
 def preference_pairs(ranking: dict) -> list[dict]:
     """Every (better, worse) pair of one ranking; identical texts give no pair."""
+    prompt = ranking["prompt"]
+    if ranking.get("system"):  # TRL's conversational prompt keeps the system message with it
+        prompt = [{"role": "system", "content": ranking["system"]}, {"role": "user", "content": prompt}]
     pairs = []
     for (a, ra), (b, rb) in combinations(zip(ranking["answers"], ranking["ranks"]), 2):
         if ra == rb or a == b:
             continue
         chosen, rejected = (a, b) if ra < rb else (b, a)
-        pair = {"prompt": ranking["prompt"], "chosen": chosen, "rejected": rejected}
-        if ranking.get("system"):
-            pair["system"] = ranking["system"]
-        pairs.append(pair)
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return pairs
 
 
