@@ -153,9 +153,9 @@ class Attention(nn.Module):
             scores = scores.masked_fill(~mask, float("-inf"))
             weights = scores.softmax(dim=-1)
             y = weights @ v
-        elif mask is None:
+        elif mask is None:  # causal without a cache, or one new token attending to everything cached
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+                q, k, v, is_causal=T > 1, dropout_p=self.attn_dropout if self.training else 0.0
             )
         else:
             y = F.scaled_dot_product_attention(
@@ -208,9 +208,10 @@ def attention_mask_for(
 
     Every position may always attend to itself, so a pad row never becomes all -inf (which would
     turn into NaN and leak through the values of later layers).
-    Returns None for the plain causal case without a cache, where SDPA's is_causal is fastest.
+    Returns None for the plain causal case without a cache, where SDPA's is_causal is fastest, and
+    for one new token without padding (it may attend to every cached position: no mask at all).
     """
-    if padding_mask is None and past_len == 0:
+    if padding_mask is None and (past_len == 0 or query_len == 1):
         return None
     total = past_len + query_len
     q_pos = torch.arange(past_len, total, device=device).unsqueeze(1)

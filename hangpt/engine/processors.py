@@ -1,0 +1,138 @@
+"""Next-token logits processing for a batch whose rows may each have their own settings.
+
+Every control is a few whole-batch tensor ops (per-row values live in (B, 1) tensors), and an
+op is skipped when no row uses it, so a plain greedy step costs nothing here. The semantics and
+order follow transformers' logits processors: logit bias, repetition penalty, (OpenAI frequency
+and presence penalties), no-repeat n-grams; then, for sampling rows only, temperature, top-k,
+top-p, min-p.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import GenerationConfig
+
+NEG_INF = float("-inf")
+
+
+class Processor:
+    """Per-row decoding controls. `seqs` given to the methods holds each row's tokens so far, with
+    `vocab_size` (an id past the vocabulary) in the padding slots so pads are never penalised."""
+
+    def __init__(self, configs: list[GenerationConfig], vocab_size: int, device="cpu"):
+        self.V = vocab_size
+        self.configs = configs
+
+        def col(values, dtype=torch.float32):
+            return torch.tensor(values, dtype=dtype, device=device).unsqueeze(1)
+
+        sampling = [c.samples for c in configs]
+        self.any_sample = any(sampling)
+        self.sample_rows = col(sampling, torch.bool)
+        # greedy rows get neutral warper settings, so warping the whole batch leaves them alone
+        self.temperature = col([c.temperature if s else 1.0 for c, s in zip(configs, sampling)])
+        self.top_k = col([min(c.top_k, vocab_size) if s and c.top_k else vocab_size for c, s in zip(configs, sampling)],
+                         torch.long)
+        self.top_p = col([c.top_p if s else 1.0 for c, s in zip(configs, sampling)])
+        self.min_p = col([c.min_p if s else 0.0 for c, s in zip(configs, sampling)])
+        self.rep = col([c.repetition_penalty for c in configs])
+        self.freq = col([c.frequency_penalty for c in configs])
+        self.pres = col([c.presence_penalty for c in configs])
+        self.ngram = [c.no_repeat_ngram_size for c in configs]
+        self.bias = None
+        if any(c.logit_bias for c in configs):
+            self.bias = torch.zeros(len(configs), vocab_size, device=device)
+            for r, c in enumerate(configs):
+                for token, value in c.logit_bias.items():
+                    self.bias[r, token] = value
+        self._update_flags()
+
+    def _update_flags(self) -> None:
+        self.use_temperature = bool((self.temperature != 1).any())
+        self.use_top_k = bool((self.top_k < self.V).any())
+        self.use_top_p = bool((self.top_p < 1).any())
+        self.use_min_p = bool((self.min_p > 0).any())
+        self.use_rep = bool((self.rep != 1).any())
+        self.use_freq = bool((self.freq != 0).any() or (self.pres != 0).any())
+        self.any_sample = bool(self.sample_rows.any())
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep these rows (in this order): finished rows leave the batch, beams are reordered."""
+        idx = index.tolist()
+        self.configs = [self.configs[i] for i in idx]
+        self.ngram = [self.ngram[i] for i in idx]
+        for name in ("sample_rows", "temperature", "top_k", "top_p", "min_p", "rep", "freq", "pres", "bias"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, index))
+        self._update_flags()
+
+    def expand(self, n: int) -> "Processor":
+        """Each row repeated n times in place (the beams of one prompt)."""
+        self.select(torch.arange(len(self.configs)).repeat_interleave(n))
+        return self
+
+    # -- penalties: every strategy ----------------------------------------------------------------
+    def penalize(self, scores: torch.Tensor, seqs: torch.Tensor, gen_start: int) -> torch.Tensor:
+        """scores (B, V); seqs (B, cur) with the prompt (padded to gen_start) then generated tokens."""
+        if self.bias is not None:
+            scores = scores + self.bias
+        if self.use_rep:
+            seen = torch.zeros(scores.shape[0], self.V + 1, dtype=torch.bool, device=scores.device)
+            seen.scatter_(1, seqs, True)
+            seen = seen[:, : self.V] & (self.rep != 1)
+            penalized = torch.where(scores < 0, scores * self.rep, scores / self.rep)
+            scores = torch.where(seen, penalized, scores)
+        if self.use_freq and seqs.shape[1] > gen_start:
+            gen = seqs[:, gen_start:]
+            counts = torch.zeros(scores.shape[0], self.V + 1, device=scores.device)
+            counts.scatter_add_(1, gen, torch.ones_like(gen, dtype=counts.dtype))
+            counts = counts[:, : self.V]
+            scores = scores - self.freq * counts - self.pres * (counts > 0).to(scores.dtype)
+        if any(self.ngram):
+            scores = self._ban_ngrams(scores, seqs)
+        return scores
+
+    def _ban_ngrams(self, scores: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """transformers' NoRepeatNGramLogitsProcessor: a token that would complete an n-gram already
+        in the row (prompt included) is banned."""
+        cur = seqs.shape[1]
+        banned = torch.zeros(scores.shape[0], self.V + 1, dtype=torch.bool, device=scores.device)
+        for n in set(self.ngram) - {0}:
+            if cur < n:
+                continue
+            rows = torch.tensor([i for i, m in enumerate(self.ngram) if m == n], device=scores.device)
+            ids = seqs.index_select(0, rows)
+            windows = ids.unfold(1, n, 1)
+            prefix = ids[:, cur + 1 - n :]
+            matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)
+            # pad slots hold V already; non-matching windows point at the spare column V too
+            hit = torch.zeros(len(rows), self.V + 1, dtype=torch.bool, device=scores.device)
+            hit.scatter_(1, torch.where(matches, windows[..., -1], self.V), True)
+            banned[rows] |= hit
+        return scores.masked_fill(banned[:, : self.V], NEG_INF)
+
+    # -- sampling filters ---------------------------------------------------------------------------
+    def warp(self, scores: torch.Tensor) -> torch.Tensor:
+        """Temperature, top-k, top-p, min-p, exactly as transformers' warpers (min_tokens_to_keep=1)."""
+        if self.use_temperature:
+            scores = scores / self.temperature
+        if self.use_top_k or self.use_top_p:
+            sorted_scores, order = torch.sort(scores, descending=False)
+            remove = torch.zeros_like(sorted_scores, dtype=torch.bool)
+            if self.use_top_k:
+                kth = sorted_scores.gather(1, self.V - self.top_k)
+                remove = sorted_scores < kth
+                sorted_scores = sorted_scores.masked_fill(remove, NEG_INF)
+            if self.use_top_p:
+                cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+                remove = remove | (cumulative <= (1 - self.top_p))
+                remove[:, -1] = False
+            scores = scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
+        if self.use_min_p:
+            probs = scores.softmax(dim=-1)
+            remove = probs < self.min_p * probs.amax(dim=-1, keepdim=True)
+            remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
+            scores = scores.masked_fill(remove, NEG_INF)
+        return scores
