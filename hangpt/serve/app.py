@@ -250,7 +250,7 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
                            param="echo" if body.echo else "suffix")
         p = body.prompt
         if isinstance(p, str):
-            prompts = [tokenizer.encode(p)]
+            prompts = [tokenizer.encode(p) or [model.config.bos_token_id]]  # "" samples unconditionally
         elif isinstance(p[0], str):
             prompts = [tokenizer.encode(s) for s in p]
         elif isinstance(p[0], int):
