@@ -176,13 +176,15 @@ def test_concurrent_requests_are_answered(client):
 def test_disconnected_stream_frees_its_place(server):
     import time
 
+    before = httpx.get(server + "/health").json()["dropped"]
     with httpx.stream("POST", server + "/v1/completions",
                       json={"prompt": "오늘", "max_tokens": 48, "stream": True, "logit_bias": {"0": -100}}) as r:
-        next(r.iter_lines())
+        next(r.iter_lines())  # the first chunk, then hang up
     deadline = time.monotonic() + 30
-    while httpx.get(server + "/health").json()["running"] and time.monotonic() < deadline:
+    while httpx.get(server + "/health").json()["dropped"] == before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert httpx.get(server + "/health").json()["running"] == 0
+    health = httpx.get(server + "/health").json()
+    assert health["dropped"] == before + 1 and health["running"] == 0  # abandoned, not decoded to the end
 
 
 def test_api_key_is_required_when_set(tiny_checkpoint, tmp_path):

@@ -209,7 +209,7 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_name, "running": batcher.running,
-                "waiting": batcher.waiting, "batches": batcher.batches, "largest_batch": batcher.largest_batch}
+                "waiting": batcher.waiting, "dropped": batcher.dropped, "batches": batcher.batches, "largest_batch": batcher.largest_batch}
 
     @app.get("/v1/models")
     async def models():

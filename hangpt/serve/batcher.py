@@ -69,6 +69,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="hangpt-batcher", daemon=True)
         self.batches = 0  # decoded batches, and the largest one (for /health)
         self.largest_batch = 0
+        self.dropped = 0  # sequences abandoned mid-decoding because their client went away
         self._current: list[Job] = []
 
     @property
@@ -142,6 +143,7 @@ class Batcher:
             job = jobs[event.index]
             job.done = event.finish_reason is not None
             job.ticket.push((job.choices[0], event))
+        self.dropped += sum(1 for j in jobs if j.ticket.cancelled and not j.done)
 
     def _beam(self, job: Job) -> None:
         self.batches += 1
