@@ -1,0 +1,93 @@
+"""The playground in a real browser (Playwright driving the system Chromium): a streamed chat
+answer, and compare mode whose ranking lands in SQLite and exports as preference pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from test_serve_support import running_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the system Chromium at /usr/bin/chromium "
+                                                               "(apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def page(tiny_checkpoint, tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pip install playwright)")
+    db = tmp_path_factory.mktemp("playground") / "feedback.sqlite"
+    with running_server(tiny_checkpoint, feedback_db=db) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url + "/")
+        page.wait_for_function("document.querySelector('#model-name').textContent.includes('tiny')")
+        page.db = db
+        yield page
+        browser.close()
+
+
+def _set_slider(page, slider: str, value) -> None:
+    page.eval_on_selector(f"#{slider}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
+
+
+def test_chat_streams_an_answer(page):
+    requests = []
+    page.on("request", lambda r: requests.append(r.post_data or "") if r.url.endswith("/v1/chat/completions") else None)
+    _set_slider(page, "max_tokens", 12)
+    _set_slider(page, "temperature", 0)
+    page.fill("#system", "친절한 도우미입니다.")
+    page.fill("#chat-input", "안녕하세요? 오늘 날씨 어때요?")
+    page.press("#chat-input", "Enter")
+    page.wait_for_selector(".msg.assistant.done", timeout=60_000)
+    assert page.inner_text(".msg.user") == "안녕하세요? 오늘 날씨 어때요?"
+    answer = page.inner_text(".msg.assistant .meta")
+    assert "tokens" in answer  # the usage chunk of the stream arrived
+    assert requests and '"stream":true' in requests[0] and '"max_tokens":12' in requests[0]
+
+
+def test_compare_rank_save_and_export(page, tmp_path):
+    from hangpt.data.preferences import read_preferences
+    from hangpt.serve.feedback import FeedbackStore, export_pairs
+
+    page.click("button[data-tab=compare]")
+    _set_slider(page, "max_tokens", 10)
+    _set_slider(page, "temperature", 1.5)
+    page.fill("#compare-input", "주말에 뭐 할까요?")
+    page.fill("#compare-n", "3")
+    page.click("#compare-go")
+    page.wait_for_selector("#compare-save:not([disabled])", timeout=60_000)
+    answers = page.eval_on_selector_all("#compare-answers .text", "els => els.map(e => e.textContent)")
+    assert len(answers) == 3
+    page.select_option("#compare-answers .answer:nth-child(1) select", "3")  # the person's ranking
+    page.select_option("#compare-answers .answer:nth-child(2) select", "1")
+    page.select_option("#compare-answers .answer:nth-child(3) select", "2")
+    page.click("#compare-save")
+    page.wait_for_function("document.querySelector('#compare-status').textContent.includes('saved')")
+
+    [stored] = FeedbackStore(page.db).rankings()
+    assert stored["prompt"] == "주말에 뭐 할까요?" and stored["system"] == "친절한 도우미입니다."
+    assert stored["answers"] == answers and stored["ranks"] == [2, 0, 1]
+    summary = export_pairs(page.db, tmp_path / "prefs.jsonl")
+    pairs = read_preferences(tmp_path / "prefs.jsonl")
+    assert summary["pairs"] == len(pairs) >= 1
+    if len(set(answers)) == 3:  # sampled answers are almost always distinct; equal texts give no pair
+        assert {(p.chosen, p.rejected) for p in pairs} == {(answers[1], answers[2]), (answers[1], answers[0]),
+                                                           (answers[2], answers[0])}
+
+
+def test_attention_page_draws_a_heatmap(page):
+    page.click("button[data-tab=attention]")
+    page.fill("#attention-input", "오늘 날씨가 정말 좋네요.")
+    page.click("#attention-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#attention-status').textContent.includes('tokens')")
+    assert page.eval_on_selector_all("#attention-layer option", "els => els.length") == 2
+    assert page.eval_on_selector_all("#attention-head option", "els => els.length") == 5  # 4 heads + mean
+    drawn = page.eval_on_selector("#attention-canvas", "c => c.width > 100")
+    assert drawn
+    page.select_option("#attention-head", "-1")
+    assert "next token" in page.inner_text("#attention-next")
