@@ -9,6 +9,7 @@ to the answers (the only tokens the SFT loss is computed on).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 from .errors import InputError
@@ -80,6 +81,28 @@ class ChatTemplate:
             ids.extend(piece)
             labels.extend(piece if is_answer else [IGNORE_INDEX] * len(piece))
         return ids, labels
+
+    def to_jinja(self, eos: str) -> str:
+        """The same rendering as a jinja chat template, written to tokenizer_config.json so that
+        `AutoTokenizer.apply_chat_template` produces the text this template renders."""
+
+        def parts(fmt: str) -> tuple[str, str]:
+            before, _, after = fmt.format(content="\0", eos=eos).partition("\0")
+            return json.dumps(before, ensure_ascii=False), json.dumps(after, ensure_ascii=False)
+
+        (sp, ss), (up, us) = parts(self.system), parts(self.user)
+        start = json.dumps(self.assistant_start.format(eos=eos), ensure_ascii=False)
+        end = json.dumps(self.assistant_end.format(eos=eos), ensure_ascii=False)
+        default = json.dumps(self.default_system, ensure_ascii=False)
+        return (
+            f"{{%- if {default} and messages[0]['role'] != 'system' %}}{{{{ {sp} + {default} + {ss} }}}}{{%- endif %}}"
+            "{%- for m in messages %}"
+            f"{{%- if m['role'] == 'system' %}}{{{{ {sp} + m['content'] + {ss} }}}}"
+            f"{{%- elif m['role'] == 'user' %}}{{{{ {up} + m['content'] + {us} }}}}"
+            f"{{%- else %}}{{{{ {start} + m['content'] + {end} }}}}{{%- endif %}}"
+            "{%- endfor %}"
+            f"{{%- if add_generation_prompt %}}{{{{ {start} }}}}{{%- endif %}}"
+        )
 
     def stop_strings(self, eos: str) -> list[str]:
         """Text that ends an answer even if the model skips the end token (it starts a new turn)."""

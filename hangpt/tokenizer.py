@@ -29,6 +29,7 @@ class Tokenizer:
         self.backend = backend
         self.eos_token = eos_token if eos_token is not None else _guess_eos(backend)
         self.pad_token = pad_token
+        self.chat_template: str | None = None  # jinja text for AutoTokenizer.apply_chat_template
 
     # -- ids ---------------------------------------------------------------------------------
     @property
@@ -97,6 +98,8 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
             **specials,
         }
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2))
         (directory / "special_tokens_map.json").write_text(json.dumps(specials, ensure_ascii=False, indent=2))
 
@@ -125,7 +128,9 @@ class Tokenizer:
             eos = eos or EOS
         else:
             raise InputError(f"{directory}: no tokenizer.json (or vocab.json + merges.txt) in this folder")
-        return cls(backend, eos_token=eos, pad_token=pad)
+        tokenizer = cls(backend, eos_token=eos, pad_token=pad)
+        tokenizer.chat_template = config.get("chat_template") if isinstance(config.get("chat_template"), str) else None
+        return tokenizer
 
 
 def _token_text(value) -> str | None:

@@ -124,6 +124,7 @@ def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainCo
     added = prepare_tokenizer(template, tokenizer, model)
     if added:
         log(f"added tokens {', '.join(added)} to the tokenizer; embeddings resized to {model.config.vocab_size}")
+    tokenizer.chat_template = template.to_jinja(tokenizer.eos_token or "")
     max_length = min(max_length or model.config.n_positions, model.config.n_positions)
     train_convs, val_convs = holdout_split(conversations, val_fraction, cfg.seed)
     train = encode_conversations(train_convs, template, tokenizer, max_length)
