@@ -59,10 +59,12 @@ class Ticket:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch_size: int = 16, gather_seconds: float = 0.005):
+    def __init__(self, engine: Engine, max_batch_size: int = 16, gather_seconds: float = 0.01,
+                 max_gather_seconds: float = 0.1):
         self.engine = engine
         self.max_batch_size = max_batch_size
-        self.gather_seconds = gather_seconds
+        self.gather_seconds = gather_seconds  # start once no request arrived for this long...
+        self.max_gather_seconds = max_gather_seconds  # ...or the first one has waited this long
         self._pending: list[Job] = []
         self._cond = threading.Condition()
         self._stopped = False
@@ -101,15 +103,19 @@ class Batcher:
 
     # -- worker thread -------------------------------------------------------------------------
     def _take(self) -> list[Job]:
-        """Wait for work, give late arrivals a moment to join, then take one batch (FIFO)."""
+        """Wait for work, let requests arriving together join (until a quiet gap), then take one
+        batch (FIFO)."""
         with self._cond:
             while not self._pending and not self._stopped:
                 self._cond.wait()
+            deadline = time.monotonic() + self.max_gather_seconds
+            while not self._stopped and len(self._pending) < self.max_batch_size:
+                seen = len(self._pending)
+                self._cond.wait(min(self.gather_seconds, max(deadline - time.monotonic(), 0)))
+                if len(self._pending) == seen or time.monotonic() >= deadline:
+                    break
             if self._stopped:
                 return []
-        if len(self._pending) < self.max_batch_size:
-            time.sleep(self.gather_seconds)
-        with self._cond:
             self._pending = [j for j in self._pending if not j.ticket.cancelled]
             if self._pending and self._pending[0].is_beam:
                 return [self._pending.pop(0)]

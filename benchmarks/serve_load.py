@@ -1,0 +1,172 @@
+"""Load test of `hangpt serve`: N concurrent streaming clients on loopback vs the same requests sent
+one at a time.
+
+Starts the real server (`hangpt serve` in a subprocess) on a random-weight model of the `tiny`
+preset (4 layers, 256 wide) with a tokenizer trained on the package's demo text, then measures
+  - sequential: the requests one after another (aggregate tokens/s),
+  - concurrent 8 and 32: all requests at once (aggregate tokens/s, per-request latency, errors).
+Every request streams exactly --max-tokens tokens (the end-of-text token is banned with
+logit_bias), so the runs do the same work. Medians of --repeats runs after a warm-up.
+
+    python benchmarks/serve_load.py [--max-tokens 48] [--repeats 3]
+
+Last line: RESULT serve_load concurrent8_ratio=... errors32=... p50_ms=... p99_ms=...
+(p50/p99: request latency, first byte sent to [DONE], in the 32-client run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+PROMPTS = ["오늘 날씨가", "주말에 친구와", "인공지능은", "봄에는 꽃이", "저는 한국어를", "배가 고파서", "언어 모델은", "영화를"]
+
+
+def make_model(out: Path) -> None:
+    import torch
+
+    from hangpt.checkpoint import save_checkpoint
+    from hangpt.model import preset_config, GPT
+    from hangpt.tokenizer import train_tokenizer
+
+    text = (Path(__file__).resolve().parents[1] / "hangpt" / "demo_data" / "korean_text.txt").read_text("utf-8")
+    tok = train_tokenizer(iter(text.splitlines()), vocab_size=2048)
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", vocab_size=tok.vocab_size, bos_token_id=tok.eos_id, eos_token_id=tok.eos_id)
+    save_checkpoint(out, GPT(cfg), tok, {"stage": "pretrain"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def one_request(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int, eos: int) -> tuple[float, int]:
+    """Stream one completion; returns (latency seconds, tokens received). Raises on any error."""
+    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "stream": True,
+            "stream_options": {"include_usage": True}, "logit_bias": {str(eos): -100}}
+    start = time.perf_counter()
+    tokens = None
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+        done = False
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                done = True
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"]["message"])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    if not done or tokens is None:
+        raise RuntimeError("stream ended early")
+    return time.perf_counter() - start, tokens
+
+
+async def run(url: str, n: int, concurrent: bool, max_tokens: int, eos: int) -> dict:
+    """n requests, all at once or one by one; aggregate tokens/s, latencies and errors."""
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(180.0), limits=limits) as client:
+        start = time.perf_counter()
+        if concurrent:
+            results = await asyncio.gather(*(one_request(client, url, p, max_tokens, eos) for p in prompts),
+                                           return_exceptions=True)
+        else:
+            results = []
+            for p in prompts:
+                try:
+                    results.append(await one_request(client, url, p, max_tokens, eos))
+                except Exception as e:  # counted below
+                    results.append(e)
+        wall = time.perf_counter() - start
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for e in errors[:3]:
+        print(f"  error: {type(e).__name__}: {e}", file=sys.stderr)
+    latencies = sorted(lat for lat, _ in ok)
+    return {
+        "tokens_per_s": sum(t for _, t in ok) / wall,
+        "wall_s": wall,
+        "errors": len(errors),
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))]
+        if latencies else float("nan"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="Checkpoint to serve [default: a random `tiny` model made on the spot].")
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else Path(tmp) / "model"
+        if not args.model:
+            make_model(model)
+        from hangpt.tokenizer import Tokenizer
+
+        eos = Tokenizer.load(model).eos_id
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(  # the real command, as a user starts it
+            [sys.executable, "-c", "from hangpt.cli import main; main()", "serve", "--model", str(model),
+             "--port", str(port), "--model-name", "bench", "--feedback-db", str(Path(tmp) / "fb.sqlite")],
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("the server did not start")
+                time.sleep(0.2)
+            asyncio.run(run(url, 4, True, 8, eos))  # warm-up
+            seq, conc8 = [], []
+            for _ in range(args.repeats):
+                seq.append(asyncio.run(run(url, 8, False, args.max_tokens, eos)))
+                conc8.append(asyncio.run(run(url, 8, True, args.max_tokens, eos)))
+            conc32 = asyncio.run(run(url, 32, True, args.max_tokens, eos))
+            health = httpx.get(url + "/health").json()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    def med(runs, key):
+        return statistics.median(r[key] for r in runs)
+
+    print(f"{'run':<22}{'tokens/s':>10}{'wall s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, runs in (("8 one at a time", seq), ("8 concurrent", conc8), ("32 concurrent", [conc32])):
+        print(f"{name:<22}{med(runs, 'tokens_per_s'):>10.1f}{med(runs, 'wall_s'):>9.2f}{med(runs, 'p50_ms'):>9.0f}"
+              f"{med(runs, 'p99_ms'):>9.0f}{sum(r['errors'] for r in runs):>8}")
+    print(f"server: {health['batches']} batches, largest {health['largest_batch']} sequences; "
+          f"{os.cpu_count()} CPUs, {args.max_tokens} tokens per request")
+    ratio = med(conc8, "tokens_per_s") / med(seq, "tokens_per_s")
+    print(f"RESULT serve_load concurrent8_ratio={ratio:.2f} errors32={conc32['errors']} "
+          f"p50_ms={conc32['p50_ms']:.0f} p99_ms={conc32['p99_ms']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
