@@ -1,0 +1,197 @@
+"""`hangpt rm train|score|eval|make-pairs`, `hangpt dpo` and `hangpt ppo`: alignment with preferences."""
+
+from __future__ import annotations
+
+import click
+
+from .finetune import _check_model, _log, _train_config
+from .options import print_json, training_options
+
+_PREFS_HELP = ("Preference file: JSONL/JSON array of {prompt, chosen, rejected[, margin]} or KoChatGPT's "
+               "{prompt, completion_0.., ranking} (lower rank = better).")
+
+
+@click.group()
+def rm():
+    """Train a reward model on ranked answers; score answers."""
+
+
+@rm.command("train")
+@click.option("--model", default=None, help="SFT checkpoint to start from (its chat template renders the prompts).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help=_PREFS_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the reward model to.")
+@training_options
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+def rm_train(model, data, out, as_json, **opts):
+    """Train a reward model: GPT + scalar head, loss -log sigmoid(r_chosen - r_rejected [- margin]).
+
+    Defaults: 1 epoch, batch 8, lr 1e-4, 10% of the pairs held out for pairwise accuracy."""
+    from ..data.preferences import read_preferences
+    from ..train.reward import train_reward_model
+
+    _check_model(model, opts["resume"])
+    pairs = read_preferences(data)
+    _log(f"{len(pairs)} preference pairs from {data}")
+    cfg = _train_config(out, opts, batch_size=8, lr=1e-4, default_epochs=1)
+    val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
+    summary = train_reward_model(model, pairs, cfg, max_length=opts["max_length"], val_fraction=val_fraction, log=_log)
+    if as_json:
+        print_json({"out": out, **summary})
+    else:
+        final = summary["final"]
+        acc = f", held-out pairwise accuracy {final['val_accuracy']:.3f}" if "val_accuracy" in final else ""
+        click.echo(f"reward model written to {out}: {summary['steps']} steps, train loss {final.get('loss', float('nan')):.4f}{acc}")
+
+
+@rm.command("score")
+@click.option("--model", required=True, help="Reward model folder (from `hangpt rm train`).")
+@click.option("--prompt", required=True, help="The user's message.")
+@click.option("--response", "responses", multiple=True, required=True, help="An answer to score (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rewards as JSON.")
+def rm_score(model, prompt, responses, as_json):
+    """Print the reward of each --response to --prompt (higher = preferred)."""
+    from ..train.reward import load_reward_model, score_texts
+
+    rm_model, tokenizer, template, _ = load_reward_model(model)
+    rewards = score_texts(rm_model, tokenizer, template, [prompt] * len(responses), list(responses))
+    if as_json:
+        print_json({"prompt": prompt, "rewards": [{"response": r, "reward": round(s, 6)} for r, s in zip(responses, rewards)]})
+    else:
+        for r, s in zip(responses, rewards):
+            click.echo(f"{s:+.4f}  {r}")
+
+
+@rm.command("eval")
+@click.option("--model", required=True, help="Reward model folder.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help=_PREFS_HELP)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def rm_eval(model, data, batch_size, as_json):
+    """Pairwise accuracy (chosen scored above rejected), loss and mean margin on a preference file."""
+    from ..data.preferences import read_preferences
+    from ..train.reward import encode_pairs, evaluate_pairs, load_reward_model
+
+    rm_model, tokenizer, template, _ = load_reward_model(model)
+    pairs = read_preferences(data)
+    examples = encode_pairs(pairs, template, tokenizer, rm_model.gpt.config.n_positions)
+    metrics = {k.removeprefix("val_"): v for k, v in evaluate_pairs(rm_model, examples, tokenizer.pad_id, batch_size).items()}
+    metrics["pairs"] = len(pairs)
+    if as_json:
+        print_json(metrics)
+    else:
+        click.echo(f"{len(pairs)} pairs: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
+                   f"mean margin {metrics['margin']:+.4f}")
+
+
+@rm.command("make-pairs")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Q/A data (ChatbotData CSV, prompt/completion or messages JSON(L)).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Preference JSONL file to write.")
+@click.option("--rejected", type=click.Choice(["mixed", "mismatched", "corrupted"]), default="mixed", show_default=True,
+              help="Rejected answer: another question's answer, a corrupted copy (shuffled/cut), or either.")
+@click.option("--question-column", default="Q", show_default=True, help="CSV/TSV column with the question.")
+@click.option("--answer-column", default="A", show_default=True, help="CSV/TSV column with the answer.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+def make_pairs_cmd(data, out, rejected, question_column, answer_column, seed, as_json):
+    """Make preference pairs from Q/A data when no human labels exist (chosen = the real answer)."""
+    import json
+    from pathlib import Path
+
+    from ..checkpoint import write_file_atomic
+    from ..data.conversations import read_conversations
+    from ..data.preferences import make_pairs
+
+    conversations = read_conversations(data, question_column=question_column, answer_column=answer_column)
+    pairs = make_pairs(conversations, seed=seed, rejected=rejected)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs)
+    write_file_atomic(out, text.encode("utf-8"))
+    if as_json:
+        print_json({"out": out, "pairs": len(pairs)})
+    else:
+        click.echo(f"{len(pairs)} preference pairs written to {out}")
+
+
+@click.command()
+@click.option("--model", default=None, help="SFT checkpoint to align (also the frozen reference).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help=_PREFS_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the aligned model to.")
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Strength of the pull towards the reference (higher = stay closer).")
+@training_options
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+def dpo(model, data, out, beta, as_json, **opts):
+    """Direct Preference Optimization against the starting model (sigmoid loss, answer-only log-probs).
+
+    Defaults: 1 epoch, batch 8, lr 5e-5, 10% held out; logs rewards/chosen, rewards/rejected,
+    rewards/margins and rewards/accuracies as TRL does."""
+    from ..data.preferences import read_preferences
+    from ..train.dpo import train_dpo
+
+    _check_model(model, opts["resume"])
+    pairs = read_preferences(data)
+    _log(f"{len(pairs)} preference pairs from {data}")
+    cfg = _train_config(out, opts, batch_size=8, lr=5e-5, default_epochs=1)
+    val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
+    summary = train_dpo(model, pairs, cfg, beta=beta, max_length=opts["max_length"], val_fraction=val_fraction, log=_log)
+    if as_json:
+        print_json({"out": out, **summary})
+    else:
+        final = summary["final"]
+        acc = (f", held-out reward accuracy {final['val_rewards/accuracies']:.3f}, margin {final['val_rewards/margins']:+.4f}"
+               if "val_rewards/accuracies" in final else "")
+        click.echo(f"DPO model written to {out}: {summary['steps']} steps, loss {final.get('loss', float('nan')):.4f}{acc}")
+
+
+@click.command()
+@click.option("--model", default=None, help="SFT checkpoint: the policy to train and the frozen reference.")
+@click.option("--reward-model", required=True, help="Reward model folder (from `hangpt rm train`).")
+@click.option("--prompts", required=True, type=click.Path(dir_okay=False),
+              help="Prompts: JSONL/JSON array of {prompt} or plain text, one per line.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the policy to.")
+@click.option("--mini-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Rollouts per gradient step (--batch-size rollouts are sampled per PPO step).")
+@click.option("--ppo-epochs", type=click.IntRange(min=1), default=4, show_default=True, help="Passes over each batch of rollouts.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True, help="Longest sampled answer.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--kl-coef", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Per-token penalty on log pi - log pi_ref.")
+@click.option("--gamma", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="GAE discount.")
+@click.option("--lam", type=click.FloatRange(0, 1), default=0.95, show_default=True, help="GAE lambda.")
+@click.option("--clip-range", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True)
+@click.option("--clip-range-value", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True)
+@click.option("--vf-coef", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Weight of the value loss.")
+@training_options
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+def ppo(model, reward_model, prompts, out, mini_batch_size, ppo_epochs, max_new_tokens, temperature, kl_coef,
+        gamma, lam, clip_range, clip_range_value, vf_coef, as_json, **opts):
+    """RLHF with PPO: sample answers, score them with the reward model, keep close to the reference.
+
+    Logs per step mean reward, KL to the reference, entropy, clip fraction and value loss
+    (train_log.jsonl, reward_curve.png). Defaults: batch 16 rollouts, lr 1e-5, 100 steps
+    (--epochs counts passes over the prompts)."""
+    import math
+
+    from ..data.preferences import read_prompts
+    from ..train.ppo import PPOConfig, train_ppo
+
+    _check_model(model, opts["resume"])
+    prompt_list = read_prompts(prompts)
+    _log(f"{len(prompt_list)} prompts from {prompts}")
+    cfg = _train_config(out, {**opts, "epochs": None}, batch_size=16, lr=1e-5, default_epochs=None)
+    if opts["epochs"] and not opts["max_steps"]:
+        cfg.max_steps = max(1, math.ceil(opts["epochs"] * len(prompt_list) / cfg.batch_size))
+    elif not (opts["max_steps"] or opts["time_budget"]):
+        cfg.max_steps = 100
+    cfg.epochs, cfg.weight_decay = None, 0.0
+    settings = PPOConfig(mini_batch_size=min(mini_batch_size, cfg.batch_size), ppo_epochs=ppo_epochs,
+                         max_new_tokens=max_new_tokens, temperature=temperature, kl_coef=kl_coef, gamma=gamma,
+                         lam=lam, clip_range=clip_range, clip_range_value=clip_range_value, vf_coef=vf_coef)
+    summary = train_ppo(model, prompt_list, None, cfg, settings, reward_model=reward_model, log=_log)
+    if as_json:
+        print_json({"out": out, **summary})
+    else:
+        final = summary["final"]
+        click.echo(f"PPO policy written to {out}: {summary['steps']} steps, mean reward {final.get('reward', float('nan')):.4f}, "
+                   f"KL {final.get('kl', float('nan')):.4f}")
