@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/nsmc_classifier")
     p.add_argument("--time-budget", type=float, default=30.0, help="minutes of GPT fine-tuning")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--skip-tfidf", action="store_true")
     args = p.parse_args()
