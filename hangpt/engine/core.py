@@ -281,7 +281,8 @@ class Engine:
         scores = proc.penalize(logits, batch.seqs[:, : batch.length], batch.prompt_length)
         tokens = scores.argmax(dim=-1)
         if proc.any_sample:
-            probs = proc.warp(scores).softmax(dim=-1)
+            values, ids = proc.candidates(scores)
+            probs = values.softmax(dim=-1)
             noise = torch.empty_like(probs)
             generators = {id(r.generator): r.generator for r in rows}
             if len(generators) == 1:
@@ -289,7 +290,8 @@ class Engine:
             else:
                 for i, r in enumerate(rows):
                     noise[i].exponential_(generator=r.generator)
-            sampled = (probs / noise).argmax(dim=-1)  # exponential race = a draw from probs
+            sampled = (probs / noise).argmax(dim=-1, keepdim=True)  # exponential race = a draw from probs
+            sampled = (ids.gather(1, sampled) if ids is not None else sampled).squeeze(1)
             tokens = torch.where(proc.sample_rows.squeeze(1), sampled, tokens)
         info = None
         if want_logprobs:

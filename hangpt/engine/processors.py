@@ -114,25 +114,41 @@ class Processor:
         return scores.masked_fill(banned[:, : self.V], NEG_INF)
 
     # -- sampling filters ---------------------------------------------------------------------------
-    def warp(self, scores: torch.Tensor) -> torch.Tensor:
-        """Temperature, top-k, top-p, min-p, exactly as transformers' warpers (min_tokens_to_keep=1)."""
+    def candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Temperature, top-k, top-p, min-p, exactly as transformers' warpers (min_tokens_to_keep=1).
+
+        Returns (values, ids): the warped scores of candidate tokens, in ascending order, -inf where
+        removed, with their token ids; ids is None when the values are the whole vocabulary in order.
+        When every row has a top-k, only the k best are ever looked at (no full sort of the vocabulary).
+        """
         if self.use_temperature:
             scores = scores / self.temperature
+        ids = None
         if self.use_top_k or self.use_top_p:
-            sorted_scores, order = torch.sort(scores, descending=False)
-            remove = torch.zeros_like(sorted_scores, dtype=torch.bool)
+            if bool((self.top_k < self.V).all()):
+                values, ids = scores.topk(int(self.top_k.max()), dim=-1)
+                values, ids = values.flip(1), ids.flip(1)
+            else:
+                values, ids = torch.sort(scores, descending=False)
             if self.use_top_k:
-                kth = sorted_scores.gather(1, self.V - self.top_k)
-                remove = sorted_scores < kth
-                sorted_scores = sorted_scores.masked_fill(remove, NEG_INF)
+                kth = values.gather(1, values.shape[1] - self.top_k)
+                values = values.masked_fill(values < kth, NEG_INF)
             if self.use_top_p:
-                cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-                remove = remove | (cumulative <= (1 - self.top_p))
+                cumulative = values.softmax(dim=-1).cumsum(dim=-1)
+                remove = cumulative <= (1 - self.top_p)
                 remove[:, -1] = False
-            scores = scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
+                values = values.masked_fill(remove, NEG_INF)
+            scores = values
         if self.use_min_p:
             probs = scores.softmax(dim=-1)
             remove = probs < self.min_p * probs.amax(dim=-1, keepdim=True)
             remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
             scores = scores.masked_fill(remove, NEG_INF)
-        return scores
+        return scores, ids
+
+    def warp(self, scores: torch.Tensor) -> torch.Tensor:
+        """The warped scores over the whole vocabulary (-inf where removed)."""
+        values, ids = self.candidates(scores)
+        if ids is None:
+            return values
+        return torch.full_like(scores, NEG_INF).scatter(1, ids, values)
