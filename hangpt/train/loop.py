@@ -140,8 +140,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = {"fused": True} if torch.cuda.is_available() else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **kwargs)
+    # the fused kernel (CUDA, and CPU since torch 2.4) is several times faster than the per-tensor loop
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
 def loss_curve_png(history: list[dict], title: str) -> bytes:
