@@ -31,6 +31,91 @@ def training_options(f):
     return f
 
 
+def _token_bias(ctx, param, values):
+    """`--logit-bias ID=BIAS` pairs -> {id: bias}."""
+    out = {}
+    for v in values:
+        token, sep, bias = v.partition("=")
+        try:
+            out[int(token)] = float(bias)
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is not ID=BIAS (e.g. 42=-100)") from None
+        if not sep:
+            raise click.BadParameter(f"{v!r} is not ID=BIAS (e.g. 42=-100)")
+    return out
+
+
+def generation_options(f):
+    """Decoding flags (transformers.generate / OpenAI names in kebab-case), shared by generate, chat
+    and demo. Unset flags fall back to the checkpoint's generation_config.json, then the engine's
+    defaults; turn them into a GenerationConfig with `generation_config_from_options`."""
+    options = [
+        click.option("--max-new-tokens", type=int, default=None, help="Tokens to generate at most [64]."),
+        click.option("--do-sample/--greedy", "do_sample", default=None,
+                     help="Sample (with the filters below) instead of greedy/beam decoding."),
+        click.option("--temperature", type=float, default=None, help="Sampling temperature [1.0]."),
+        click.option("--top-k", type=int, default=None, help="Sample among the k most likely tokens (0 = off)."),
+        click.option("--top-p", type=float, default=None, help="Nucleus sampling: smallest set with this much probability."),
+        click.option("--min-p", type=float, default=None, help="Drop tokens below min-p x the top token's probability."),
+        click.option("--repetition-penalty", type=float, default=None, help="transformers' penalty on seen tokens (1 = off)."),
+        click.option("--frequency-penalty", type=float, default=None, help="OpenAI: subtract this x count of each generated token."),
+        click.option("--presence-penalty", type=float, default=None, help="OpenAI: subtract this from every generated token."),
+        click.option("--no-repeat-ngram-size", type=int, default=None, help="Never repeat an n-gram of this size."),
+        click.option("--num-beams", type=int, default=None, help="Beam search with this many beams (1 = off)."),
+        click.option("--length-penalty", type=float, default=None, help="Beam score = logprob / length ** this [1.0]."),
+        click.option("--early-stopping", type=click.Choice(["true", "false", "never"]), default=None,
+                     help="Beam search stopping rule, as in transformers."),
+        click.option("--num-return-sequences", type=int, default=None, help="Sequences per prompt."),
+        click.option("--eos-token-id", type=int, multiple=True, help="Stop at this token id (repeatable; default: the model's)."),
+        click.option("--stop", multiple=True, help="Stop string, not included in the output (repeatable)."),
+        click.option("--logit-bias", multiple=True, callback=_token_bias, help="ID=BIAS added to a token's logit (repeatable)."),
+        click.option("--logprobs", type=int, default=None, help="Report each token's logprob and the N most likely alternatives."),
+        click.option("--seed", type=int, default=None, help="Random seed (sampling repeats exactly)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+GENERATION_FLAGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                    "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "num_beams", "length_penalty",
+                    "early_stopping", "num_return_sequences", "eos_token_id", "stop", "logit_bias", "logprobs", "seed")
+
+
+def generation_config_from_options(kwargs: dict, defaults: dict | None = None, stop: list[str] = ()):
+    """Pop the generation_options flags out of a command's kwargs into a validated GenerationConfig.
+
+    defaults: e.g. the checkpoint's generation_config.json (its eos/pad ids and any decoding
+    defaults); extra `stop` strings (a chat template's) are added to --stop.
+    """
+    from ..engine import GenerationConfig
+
+    from ..errors import InputError
+
+    values = dict(defaults or {})
+    for name in GENERATION_FLAGS:
+        v = kwargs.pop(name, None)
+        if v is None or v == () or v == {}:
+            continue
+        if name == "early_stopping":
+            v = {"true": True, "false": False}.get(v, v)
+        elif name == "eos_token_id":
+            v = list(v) if len(v) > 1 else v[0]
+        elif name == "stop":
+            v = list(v)
+        values[name] = v
+    values["stop"] = list(values.get("stop", [])) + [s for s in stop if s not in values.get("stop", [])]
+    config = GenerationConfig.from_dict(values)
+    try:
+        config.validate()
+    except InputError as e:  # name the flag, not the field: "--top-p 1.5: must be in (0, 1]"
+        field, sep, rest = str(e).partition("=")
+        if sep and field in GENERATION_FLAGS:
+            raise InputError(f"--{field.replace('_', '-')} {rest}") from None
+        raise
+    return config
+
+
 def print_json(obj) -> None:
     """`--json` output: one JSON object on stdout."""
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")

@@ -1,0 +1,85 @@
+"""`hangpt generate`: one or more prompts through the engine, printed or streamed."""
+
+from __future__ import annotations
+
+import click
+
+from .options import generation_options, print_json
+
+
+@click.command()
+@click.option("--model", required=True, help="Checkpoint folder (or hub id).")
+@click.option("--prompt", "prompts", multiple=True, required=True,
+              help="Prompt text (repeatable: several prompts are decoded together in one batch).")
+@click.option("--chat", is_flag=True, help="Wrap the prompt as a user message in the checkpoint's chat template.")
+@click.option("--system", default=None, help="System message (with --chat).")
+@generation_options
+@click.option("--stream", is_flag=True, help="Print tokens as they are generated (with --json: one JSON object per event).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"completions": [{"text", "token_ids", "finish_reason"}]}.')
+def generate(model, prompts, chat, system, stream, as_json, **flags):
+    """Generate text from --prompt with any decoding strategy.
+
+    Without --do-sample decoding is greedy (beam search with --num-beams > 1), as in
+    transformers; the prompt is encoded exactly as the checkpoint's tokenizer encodes it and
+    generation stops at the model's eos token. Unset flags come from the checkpoint's
+    generation_config.json.
+    """
+    from dataclasses import asdict
+
+    from ..checkpoint import load_checkpoint
+    from ..engine import Engine
+    from ..errors import InputError
+    from .options import generation_config_from_options
+
+    if system is not None and not chat:
+        raise InputError("--system needs --chat")
+    ckpt = load_checkpoint(model)
+    tokenizer = ckpt.tokenizer
+    stop: list[str] = []
+    if chat:
+        from ..templates import prepare_tokenizer, template_for
+
+        template = template_for(ckpt.meta)
+        prepare_tokenizer(template, tokenizer, ckpt.model)
+        eos = tokenizer.eos_token or ""
+        stop = template.stop_strings(eos)
+        head = [{"role": "system", "content": system}] if system is not None else []
+        inputs = [template.encode_prompt(tokenizer, head + [{"role": "user", "content": p}]) for p in prompts]
+    else:
+        inputs = list(prompts)
+    config = generation_config_from_options(flags, ckpt.generation_config, stop)
+    engine = Engine(ckpt.model, tokenizer)
+
+    if stream:
+        ids = [engine.encode(p) for p in inputs]
+        if len(ids) * config.num_return_sequences > 1 and not as_json:
+            raise InputError("--stream prints one sequence as text: use one --prompt and --num-return-sequences 1, "
+                             "or add --json")
+        for event in engine.stream_batch([(p, config) for p in ids]):
+            if as_json:
+                print_json({k: v for k, v in asdict(event).items() if v is not None})
+            else:
+                click.echo(event.text, nl=False)
+        if not as_json:
+            click.echo()
+        return
+
+    results = engine.generate(inputs, config)
+    if as_json:
+        completions = []
+        for i, group in enumerate(results):
+            for c in group:
+                item = {"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
+                if len(results) > 1:
+                    item["prompt_index"] = i
+                if c.logprobs is not None:
+                    item["logprobs"] = c.logprobs
+                completions.append(item)
+        print_json({"completions": completions})
+        return
+    many = sum(len(g) for g in results) > 1
+    for i, group in enumerate(results):
+        for k, c in enumerate(group):
+            if many:
+                click.echo(f"--- prompt {i + 1}, sequence {k + 1} ({c.finish_reason})")
+            click.echo(c.text)
