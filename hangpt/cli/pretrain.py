@@ -6,7 +6,7 @@ import click
 
 from .options import print_json, training_options
 
-_DATA_HELP = "Text file or folder (repeatable; .txt, .gz; TSV/CSV with --text-column)."
+_DATA_HELP = "Text files or folders (.txt, .gz; TSV/CSV with --text-column): `--data A B` or `--data A --data B`."
 _COLUMN_HELP = ("Take this column of TSV/CSV files whose header has it (e.g. `document` for NSMC); "
                 "other files are read line by line.")
 
@@ -22,8 +22,9 @@ _COLUMN_HELP = ("Take this column of TSV/CSV files whose header has it (e.g. `do
 @click.option("--overwrite", is_flag=True, help="Replace a checkpoint already in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+@click.argument("more_data", nargs=-1, metavar="")
 @training_options
-def pretrain(data, out, preset, model_dir, tokenizer_dir, text_column, overwrite, no_progress, as_json,
+def pretrain(data, more_data, out, preset, model_dir, tokenizer_dir, text_column, overwrite, no_progress, as_json,
              epochs, max_steps, time_budget, batch_size, grad_accum, lr, max_length, val_fraction, eval_every,
              save_every, seed, resume, bf16):
     """Pretrain a GPT from scratch (or continue one) by next-token prediction on text.
@@ -43,7 +44,7 @@ def pretrain(data, out, preset, model_dir, tokenizer_dir, text_column, overwrite
         from ..errors import InputError
 
         raise InputError("give --max-steps, --epochs or --time-budget")
-    summary = run(list(data), out, cfg, preset=preset, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
+    summary = run([*data, *more_data], out, cfg, preset=preset, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
                   max_length=max_length, val_fraction=0.02 if val_fraction is None else val_fraction,
                   text_column=text_column, overwrite=overwrite)
     if as_json:
@@ -61,13 +62,14 @@ def pretrain(data, out, preset, model_dir, tokenizer_dir, text_column, overwrite
 @click.option("--text-column", default=None, help=_COLUMN_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate(model_dir, data, text_column, batch_size, as_json):
+@click.argument("more_data", nargs=-1, metavar="")
+def evaluate(model_dir, data, more_data, text_column, batch_size, as_json):
     """Loss, perplexity and bits per byte of a model on text (windows of the model's context)."""
     from ..checkpoint import load_checkpoint
     from ..train.pretrain import evaluate_text
 
     ckpt = load_checkpoint(model_dir)
-    result = evaluate_text(ckpt.model, ckpt.tokenizer, list(data), text_column=text_column, batch_size=batch_size)
+    result = evaluate_text(ckpt.model, ckpt.tokenizer, [*data, *more_data], text_column=text_column, batch_size=batch_size)
     if as_json:
         print_json(result)
     else:
