@@ -47,6 +47,8 @@ def pretrain(data, more_data, out, preset, model_dir, tokenizer_dir, text_column
     summary = run([*data, *more_data], out, cfg, preset=preset, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
                   max_length=max_length, val_fraction=0.02 if val_fraction is None else val_fraction,
                   text_column=text_column, overwrite=overwrite)
+    if summary is None:  # a DDP rank other than 0: rank 0 reports
+        return
     if as_json:
         print_json(summary)
     else:

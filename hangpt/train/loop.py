@@ -300,7 +300,8 @@ class Trainer:
                     window = []
                 if self.eval_fn and self.step % self.cfg.eval_every == 0 and self.progress() < 1.0:
                     self.history.append({"step": self.step, **self._evaluate()})
-                    bar.write(_format_metrics(self.step, self.history[-1]))
+                    if self.rank == 0:
+                        bar.write(_format_metrics(self.step, self.history[-1]))
                 if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
                     self._save(final=False)
         except KeyboardInterrupt:

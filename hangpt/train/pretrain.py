@@ -142,8 +142,9 @@ def pretrain(
     val_fraction: float = 0.02,
     text_column: str | None = None,
     overwrite: bool = False,
-) -> dict:
-    """Pretrain (or continue pretraining) a GPT on text; returns the training summary."""
+) -> dict | None:
+    """Pretrain (or continue pretraining) a GPT on text; returns the training summary (None on DDP
+    ranks other than 0)."""
     out = Path(out)
     rank, world = distributed()
     state = _check_out(out, cfg.resume, overwrite)
@@ -203,4 +204,6 @@ def pretrain(
         trainer.load_train_state(state)
         _log(f"resuming at step {trainer.step} ({trainer.tokens:,} tokens, {trainer.elapsed / 60:.1f} min)")
     summary = trainer.fit()
+    if rank != 0:
+        return None
     return {"out": str(out), **summary, **({"tokenizer": tok_info} if tok_info else {})}
