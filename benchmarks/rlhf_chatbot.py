@@ -61,7 +61,7 @@ def evaluate_policy(policy_dir: Path, sft_model, prompts: list[str], score_fn, m
     from hangpt.checkpoint import load_checkpoint
     from hangpt.engine import Engine, GenerationConfig
     from hangpt.templates import template_for
-    from hangpt.train.ppo import Rollout, response_logprobs
+    from hangpt.train.ppo import Rollout, response_hidden, response_logprobs
 
     ckpt = load_checkpoint(policy_dir)
     template, tok = template_for(ckpt.meta), ckpt.tokenizer
@@ -77,8 +77,8 @@ def evaluate_policy(policy_dir: Path, sft_model, prompts: list[str], score_fn, m
         rewards += score_fn(chunk, responses)
         roll = Rollout.build(prompt_ids, responses, tok.pad_id)
         mask = roll.response_mask.float()
-        logp = response_logprobs(ckpt.model(roll.ids, padding_mask=roll.padding_mask, position_ids=roll.position_ids).logits, roll, 1.0)
-        ref = response_logprobs(sft_model(roll.ids, padding_mask=roll.padding_mask, position_ids=roll.position_ids).logits, roll, 1.0)
+        logp = response_logprobs(ckpt.model.lm_head(response_hidden(ckpt.model, roll)), roll, 1.0)
+        ref = response_logprobs(sft_model.lm_head(response_hidden(sft_model, roll)), roll, 1.0)
         kls += ((logp - ref) * mask).sum(-1).tolist()
         lengths += mask.sum(-1).tolist()
         examples += [(p, c.text) for p, c in zip(chunk, completions)]

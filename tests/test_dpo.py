@@ -23,6 +23,19 @@ def _logp_margin(model_dir, pairs):
     return (lp[: len(pairs)] - lp[len(pairs) :]).mean().item()
 
 
+def test_answer_logprobs_sum_only_answer_tokens(tiny_checkpoint):
+    from hangpt.checkpoint import load_checkpoint
+    from hangpt.train.dpo import answer_logprobs
+
+    model = load_checkpoint(tiny_checkpoint).model
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits, -1)
+        expected = [logp[0, 1, 7] + logp[0, 2, 8] + logp[0, 3, 9], logp[1, 0, 11] + logp[1, 1, 12]]
+        assert torch.allclose(answer_logprobs(model, ids, mask), torch.stack(expected), atol=1e-5)
+
+
 def test_dpo_raises_held_out_margin(tmp_path, tiny_checkpoint):
     from hangpt.train.dpo import train_dpo
 

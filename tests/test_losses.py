@@ -13,7 +13,7 @@ from hangpt.train.losses import (
     pairwise_reward_loss,
     ppo_policy_loss,
     ppo_value_loss,
-    sequence_logprobs,
+    token_logprobs,
 )
 
 
@@ -46,14 +46,10 @@ def test_dpo_loss_matches_trl_sigmoid_definition():
     assert torch.allclose(same, torch.full((2,), math.log(2.0)))
 
 
-def test_sequence_logprobs_counts_only_answer_tokens():
-    torch.manual_seed(0)
-    logits = torch.randn(1, 4, 5)
-    ids = torch.tensor([[1, 2, 3, 4]])
-    mask = torch.tensor([[0, 0, 1, 1]])
-    logp = torch.log_softmax(logits, -1)
-    expected = logp[0, 1, 3] + logp[0, 2, 4]  # position t predicts token t+1
-    assert abs(sequence_logprobs(logits, ids, mask).item() - expected.item()) < 1e-6
+def test_token_logprobs_by_hand():
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])
+    lp = token_logprobs(logits, torch.tensor([[1, 0]]))
+    assert torch.allclose(lp, torch.tensor([[math.log(0.5), math.log(0.75)]]))
 
 
 def test_entropy_uniform_and_peaked():

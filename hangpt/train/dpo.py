@@ -17,14 +17,21 @@ from ..data.preferences import PreferencePair, chat_template
 from ..errors import InputError
 from ..templates import template_for
 from .loop import ShuffledBatches, TrainConfig, Trainer, device, seed_everything
-from .losses import dpo_loss, sequence_logprobs
+from .losses import dpo_loss, token_logprobs
 from .reward import PairExample, collate_pairs, encode_pairs
 from .sft import holdout_split
 
 
 def answer_logprobs(model, ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
-    """Summed log-prob of each row's answer tokens (right-padded rows, causal attention)."""
-    return sequence_logprobs(model(ids).logits, ids, answer_mask)
+    """Summed log-prob of each row's answer tokens (right-padded rows, causal attention). The
+    vocabulary projection is applied only where an answer token is predicted (position t predicts
+    token t+1), which skips the prompts and padding."""
+    hidden = model(ids, return_logits=False).logits[:, :-1]
+    keep = answer_mask[:, 1:].bool()
+    lm_head = getattr(model, "module", model).lm_head  # DDP wraps the model
+    lp = token_logprobs(lm_head(hidden[keep]), ids[:, 1:][keep])
+    rows = keep.nonzero()[:, 0]
+    return torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
 
 
 @torch.no_grad()

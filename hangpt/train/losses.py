@@ -37,12 +37,6 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
-    """Sum of the log-probs of the answer tokens of each row (position t predicts token t+1)."""
-    lp = token_logprobs(logits[:, :-1], input_ids[:, 1:])
-    return (lp * answer_mask[:, 1:].to(lp.dtype)).sum(-1)
-
-
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the next-token distribution at each position (nats)."""
     logp = torch.log_softmax(logits.float(), dim=-1)

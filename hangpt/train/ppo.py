@@ -70,8 +70,9 @@ class PolicyWithValue(nn.Module):
             self.v_head.weight.data.copy_(v_weight.reshape(1, -1))
             self.v_head.bias.data.copy_(v_bias.reshape(1))
 
-    def forward(self, ids, padding_mask, position_ids):
-        hidden = self.gpt(ids, padding_mask=padding_mask, position_ids=position_ids, return_logits=False).logits
+    def forward(self, roll: "Rollout") -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, values) at the positions that predict each response token, (B, R, V) and (B, R)."""
+        hidden = response_hidden(self.gpt, roll)
         return self.gpt.lm_head(hidden), self.v_head(hidden).squeeze(-1)
 
 
@@ -103,11 +104,16 @@ class Rollout:
                        self.response_mask.to(dev), self.prompt_width)
 
 
-def response_logprobs(model_out_logits: torch.Tensor, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """log pi(response token t) at each response position (B, R)."""
-    P = rollout.prompt_width
-    logits = model_out_logits[:, P - 1 : -1] / temperature
-    return token_logprobs(logits, rollout.ids[:, P:])
+def response_hidden(gpt: nn.Module, roll: Rollout) -> torch.Tensor:
+    """Final hidden states at the positions that predict each response token (B, R, n_embd); the
+    vocabulary projection is then applied to these only, not to the prompts."""
+    hidden = gpt(roll.ids, padding_mask=roll.padding_mask, position_ids=roll.position_ids, return_logits=False).logits
+    return hidden[:, roll.prompt_width - 1 : -1]
+
+
+def response_logprobs(logits: torch.Tensor, roll: Rollout, temperature: float) -> torch.Tensor:
+    """log pi(response token t) (B, R) from the response-position logits."""
+    return token_logprobs(logits / temperature, roll.ids[:, roll.prompt_width :])
 
 
 class PPOTrainer:
@@ -184,10 +190,9 @@ class PPOTrainer:
         roll = roll.to(dev)
         mask = roll.response_mask.float()
         with torch.no_grad():
-            logits, values = self.policy(roll.ids, roll.padding_mask, roll.position_ids)
+            logits, old_values = self.policy(roll)
             old_logp = response_logprobs(logits, roll, ppo.temperature)
-            old_values = values[:, roll.prompt_width - 1 : -1]
-            ref_logits = self.reference(roll.ids, padding_mask=roll.padding_mask, position_ids=roll.position_ids).logits
+            ref_logits = self.reference.lm_head(response_hidden(self.reference, roll))
             ref_logp = response_logprobs(ref_logits, roll, ppo.temperature)
             rewards, kl = kl_penalized_rewards(old_logp, ref_logp, scores.to(dev), mask, ppo.kl_coef)
             advantages, returns = gae(rewards, old_values, mask, ppo.gamma, ppo.lam)
@@ -203,9 +208,8 @@ class PPOTrainer:
             for start in range(0, B, ppo.mini_batch_size):
                 idx = order[start : start + ppo.mini_batch_size].to(dev)
                 mb, m = roll.select(idx), mask[idx]
-                logits, values = self.policy(mb.ids, mb.padding_mask, mb.position_ids)
+                logits, values = self.policy(mb)
                 logp = response_logprobs(logits, mb, ppo.temperature)
-                values = values[:, mb.prompt_width - 1 : -1]
                 pg_loss, clipfrac = ppo_policy_loss(logp, old_logp[idx], advantages[idx], m, ppo.clip_range)
                 vf_loss = ppo_value_loss(values, old_values[idx], returns[idx], m, ppo.clip_range_value)
                 loss = pg_loss + ppo.vf_coef * vf_loss
@@ -214,7 +218,7 @@ class PPOTrainer:
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip)
                 self.optimizer.step()
                 with torch.no_grad():
-                    entropy = masked_mean(entropy_from_logits(logits[:, mb.prompt_width - 1 : -1] / ppo.temperature), m)
+                    entropy = masked_mean(entropy_from_logits(logits / ppo.temperature), m)
                     approx_kl = masked_mean(0.5 * (logp - old_logp[idx]) ** 2, m)
                 for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clipfrac", clipfrac),
                              ("entropy", entropy), ("approx_kl", approx_kl)):
