@@ -81,3 +81,17 @@ def test_rm_rejects_a_plain_model(tiny_checkpoint):
 
     with pytest.raises(InputError, match="not a reward model"):
         load_reward_model(tiny_checkpoint)
+
+
+def test_pad_token_added_when_tokenizer_pads_with_eos():
+    from conftest import make_corpus
+    from hangpt.model import GPT, GPTConfig
+    from hangpt.tokenizer import EOS, train_tokenizer
+    from hangpt.train.reward import ensure_pad_token
+
+    tok = train_tokenizer(iter(make_corpus(50)), vocab_size=300, special_tokens=[EOS])
+    assert tok.pad_id == tok.eos_id  # GPT-2 style: no pad token of its own
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    ensure_pad_token(tok, model)
+    assert tok.pad_id != tok.eos_id and model.config.pad_token_id == tok.pad_id
+    assert model.config.vocab_size == tok.vocab_size
