@@ -54,9 +54,6 @@ def run_case(name, hf, engine, prompts, new_tokens, repeats, **kwargs):
     ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
     config = GenerationConfig(max_new_tokens=new_tokens, **kwargs)
-    if kwargs.get("do_sample"):
-        kwargs.setdefault("seed", None)
-        kwargs.pop("seed")
 
     def ours():
         out = engine.generate(prompts, config)
@@ -80,7 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="Fewer tokens (a smoke run).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's, one per core; 1 is steadier on a busy machine).")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import transformers
 
     from hangpt.engine import Engine
