@@ -56,7 +56,7 @@ def test_ppo_raises_synthetic_reward_with_bounded_kl(tmp_path, tiny_checkpoint):
     start, end = mean(history[:3], "reward"), mean(history[-3:], "reward")
     assert end > start + 1.5, (start, end)  # 8 answer tokens, ~0.8 target tokens at the start
     # bounded: PPO maximises reward - kl_coef * KL, which the reference already scores at `start`
-    assert max(h["kl"] for h in history) < 30.0
+    assert max(h["kl"] for h in history) < 40.0
     assert mean(history[-3:], "kl") <= (end - start) / ppo.kl_coef + 5.0
     assert {"reward", "kl", "entropy", "clipfrac", "value_loss", "policy_loss"} <= set(history[-1])
     assert summary["steps"] == 16
