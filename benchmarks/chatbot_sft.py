@@ -3,7 +3,7 @@ fixed seed, KoGPT2 `<usr>question<sys>answer</s>` template) from the pretrained 
 random init of the same shape; validation answer-token loss of both, and greedy answers of both to
 10 held-out questions.
 
-    python benchmarks/chatbot_sft.py --model /tmp/pt_ko --epochs 2
+    python benchmarks/chatbot_sft.py --model /tmp/pt_ko --epochs 2   # or --max-steps N
 
 Last line: RESULT chatbot_sft pretrained_val_loss=... random_val_loss=... ratio=... (random / pretrained).
 """
@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--out-dir", default="/tmp/chatbot_sft")
     p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--max-steps", type=int, default=None, help="instead of --epochs (a busy CPU)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=1234)
@@ -57,6 +58,7 @@ def main() -> None:
     results = {}
     for name, start in (("pretrained", Path(args.model)), ("random", out / "random_init")):
         cfg = TrainConfig(out=out / f"sft_{name}", batch_size=args.batch_size, lr=args.lr, epochs=args.epochs,
+                          max_steps=args.max_steps,
                           seed=args.seed, eval_every=200, save_every=10_000, log_every=20)
         t0 = time.perf_counter()
         summary = run_sft(start, conversations, cfg, template_name="kogpt2", val_fraction=0.1,
