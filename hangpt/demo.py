@@ -45,6 +45,17 @@ def embedded_data() -> DemoData:
     return DemoData([root / "korean_text.txt"], root / "chatbot_qa.csv", root / "prompts.txt")
 
 
+def copy_embedded_data(target: Path) -> list[Path]:
+    """Copy the embedded data out, for people who want to read it or train on it themselves."""
+    target.mkdir(parents=True, exist_ok=True)
+    data = embedded_data()
+    copied = []
+    for src in (*data.text, data.qa, data.prompts, data.qa.parent / "README.md"):
+        shutil.copyfile(src, target / src.name)
+        copied.append(target / src.name)
+    return copied
+
+
 def find_data(data_dir: Path) -> DemoData:
     """Text files (.txt, .txt.gz) for pretraining, the CSV with Q and A columns, and prompts.txt."""
     if not data_dir.is_dir():

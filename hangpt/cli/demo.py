@@ -23,8 +23,10 @@ from .options import print_json
 @click.option("--no-serve", is_flag=True, help="Stop after the report instead of opening the playground.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Playground port.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON at the end.")
+@click.option("--export-data", type=click.Path(file_okay=False), default=None,
+              help="Only copy the embedded demo data (Korean text, Q/A CSV, prompts) into this folder.")
 @click.pass_context
-def demo(ctx, out, minutes, data_dir, text_files, qa, seed, no_serve, port, as_json):
+def demo(ctx, out, minutes, data_dir, text_files, qa, seed, no_serve, port, as_json, export_data):
     """Build a small Korean ChatGPT end to end, then open the playground.
 
     Trains a tokenizer, pretrains a tiny GPT, fine-tunes it into a chatbot, makes preference pairs,
@@ -33,8 +35,12 @@ def demo(ctx, out, minutes, data_dir, text_files, qa, seed, no_serve, port, as_j
     """
     from pathlib import Path
 
-    from ..demo import Demo, DemoData, clean_output, embedded_data, find_data
+    from ..demo import Demo, DemoData, clean_output, copy_embedded_data, embedded_data, find_data
 
+    if export_data:
+        for path in copy_embedded_data(Path(export_data)):
+            click.echo(path)
+        return
     data = find_data(Path(data_dir)) if data_dir else embedded_data()
     if text_files or qa:
         data = DemoData([Path(t) for t in text_files] or data.text, Path(qa) if qa else data.qa, data.prompts)
