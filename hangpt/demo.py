@@ -172,9 +172,10 @@ class Demo:
         cfg = self._train_config("dpo", batch_size=16, lr=2e-4)
         summary = train_dpo(self.out / "sft", pairs, cfg, beta=0.1, max_length=128, val_fraction=0.1, log=self.log)
         final = summary["final"]
-        self.result.figures["dpo_val_accuracy"] = final.get("val_accuracy")
-        self.result.figures["dpo_val_margin"] = final.get("val_margins", final.get("val_margin"))
-        self.log(f"  held-out preference accuracy {final.get('val_accuracy')}")
+        self.result.figures["dpo_val_accuracy"] = final.get("val_rewards/accuracies")
+        self.result.figures["dpo_val_logp_margin"] = final.get("val_logp_margin")
+        self.log(f"  held-out preference accuracy {final.get('val_rewards/accuracies')}, "
+                 f"chosen-minus-rejected log-prob margin {final.get('val_logp_margin')}")
 
     def ppo(self, conversations) -> None:
         from .train.ppo import PPOConfig, train_ppo
@@ -191,7 +192,7 @@ class Demo:
         self.log(f"  last mean reward {final.get('reward')}, KL {final.get('kl')}")
 
     def compare(self) -> None:
-        from .train.ppo import compare_policies
+        from .train.compare import compare_policies
 
         prompts = self._held_out_prompts()
         self._stage("compare", f"SFT vs DPO vs PPO on {len(prompts)} held-out prompts (reward model score, KL to SFT)")
