@@ -79,8 +79,8 @@ def _has_qa_header(path: Path) -> bool:
 class Demo:
     """Runs the stages in order, collecting each stage's headline figure."""
 
-    def __init__(self, out: Path, data: DemoData, minutes: float, seed: int = 1234, log=None):
-        self.out, self.data, self.minutes, self.seed = out, data, minutes, seed
+    def __init__(self, out: Path, data: DemoData, minutes: float, seed: int = 1234, eval_prompts: int = 40, log=None):
+        self.out, self.data, self.minutes, self.seed, self.eval_prompts = out, data, minutes, seed, eval_prompts
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.result = DemoResult(out)
         self.n_stages = 8
@@ -208,8 +208,8 @@ class Demo:
         if self.data.prompts:
             from .data.preferences import read_prompts
 
-            return [p for p in read_prompts(self.data.prompts) if isinstance(p, str)][:40]
-        return [c[-2]["content"] for c in self._read_conversations()[:40]]
+            return [p for p in read_prompts(self.data.prompts) if isinstance(p, str)][: self.eval_prompts]
+        return [c[-2]["content"] for c in self._read_conversations()[: self.eval_prompts]]
 
     # -- report --------------------------------------------------------------------------------
     def write_report(self) -> None:

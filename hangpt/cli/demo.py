@@ -20,13 +20,15 @@ from .options import print_json
 @click.option("--qa", type=click.Path(dir_okay=False), default=None,
               help="Q,A CSV to fine-tune on (overrides the CSV of --data-dir).")
 @click.option("--seed", type=int, default=1234, show_default=True)
+@click.option("--eval-prompts", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Held-out prompts the SFT, DPO and PPO policies are compared on.")
 @click.option("--no-serve", is_flag=True, help="Stop after the report instead of opening the playground.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Playground port.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON at the end.")
 @click.option("--export-data", type=click.Path(file_okay=False), default=None,
               help="Only copy the embedded demo data (Korean text, Q/A CSV, prompts) into this folder.")
 @click.pass_context
-def demo(ctx, out, minutes, data_dir, text_files, qa, seed, no_serve, port, as_json, export_data):
+def demo(ctx, out, minutes, data_dir, text_files, qa, seed, eval_prompts, no_serve, port, as_json, export_data):
     """Build a small Korean ChatGPT end to end, then open the playground.
 
     Trains a tokenizer, pretrains a tiny GPT, fine-tunes it into a chatbot, makes preference pairs,
@@ -46,7 +48,7 @@ def demo(ctx, out, minutes, data_dir, text_files, qa, seed, no_serve, port, as_j
         data = DemoData([Path(t) for t in text_files] or data.text, Path(qa) if qa else data.qa, data.prompts)
     out_dir = Path(out)
     clean_output(out_dir)
-    result = Demo(out_dir, data, minutes, seed=seed).run()
+    result = Demo(out_dir, data, minutes, seed=seed, eval_prompts=eval_prompts).run()
     if as_json:
         print_json({"out": str(out_dir), "minutes": result.minutes, "figures": result.figures})
     else:
