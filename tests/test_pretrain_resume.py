@@ -4,6 +4,7 @@ was never interrupted (data order, optimizer and RNG are restored exactly)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import torch
 from conftest import make_corpus
 
 STEPS = 60
+# one thread: a 2-layer model is too small to gain from two, and a busy machine makes them wait on each other
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _command(corpus, init, out, *extra):
@@ -36,7 +39,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_checkpoint
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(make_corpus(300)) + "\n", encoding="utf-8")
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_command(corpus, tiny_checkpoint, out), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_command(corpus, tiny_checkpoint, out), stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 300
     while not (out / "train_state.pt").exists():
         assert proc.poll() is None, proc.stderr.read()
@@ -50,14 +53,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_checkpoint
     state = load_train_state(out)
     assert state is not None and 0 < state["step"] < STEPS
     load_checkpoint(out)
-    assert not list(tmp_path.glob(".killed.tmp-*")) or True  # a half-written temp folder is harmless
 
-    resumed = subprocess.run(_command(corpus, tiny_checkpoint, out, "--resume"), capture_output=True, text=True)
+    resumed = subprocess.run(_command(corpus, tiny_checkpoint, out, "--resume"), capture_output=True, text=True, env=ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at step {state['step']}" in resumed.stderr
 
     straight = tmp_path / "straight"
-    done = subprocess.run(_command(corpus, tiny_checkpoint, straight), capture_output=True, text=True)
+    done = subprocess.run(_command(corpus, tiny_checkpoint, straight), capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr
 
     a, b = _weights(out), _weights(straight)

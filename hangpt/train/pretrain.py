@@ -25,7 +25,7 @@ from ..model import GPT, preset_config
 from ..tokenizer import Tokenizer, bytes_per_token, train_tokenizer
 from .loop import TrainConfig, Trainer, distributed, seed_everything
 
-VAL_TOKENS = 1 << 18  # validation during training scores at most this many tokens (whole documents)
+VAL_TOKENS = 1 << 16  # validation during training scores at most this many tokens (whole documents)
 
 
 def _log(msg: str) -> None:
