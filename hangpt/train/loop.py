@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,7 +302,7 @@ class Trainer:
                 if self.eval_fn and self.step % self.cfg.eval_every == 0 and self.progress() < 1.0:
                     self.history.append({"step": self.step, **self._evaluate()})
                     if self.rank == 0:
-                        bar.write(_format_metrics(self.step, self.history[-1]))
+                        bar.write(_format_metrics(self.step, self.history[-1]), file=sys.stderr)  # stdout is for --json
                 if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
                     self._save(final=False)
         except KeyboardInterrupt:
