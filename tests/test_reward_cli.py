@@ -30,8 +30,8 @@ def test_alignment_commands(tmp_path, tiny_checkpoint, capsys):
     assert all(p["chosen"] != p["rejected"] for p in pairs)
 
     code, out, _ = _run(["rm", "train", "--model", tiny_checkpoint, "--data", tmp_path / "prefs.jsonl", "--out",
-                         tmp_path / "rm", "--max-steps", "3", "--batch-size", "4", "--json"], capsys)
-    summary = json.loads(out)
+                         tmp_path / "rm", "--max-steps", "3", "--batch-size", "4", "--eval-every", "1", "--json"], capsys)
+    summary = json.loads(out)  # validation lines went to stderr
     assert code == 0 and summary["steps"] == 3 and "val_accuracy" in summary["final"]
 
     code, out, _ = _run(["rm", "score", "--model", tmp_path / "rm", "--prompt", "배고파", "--response", "밥 드세요",
