@@ -8,8 +8,10 @@ compare on the same text.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -120,9 +122,11 @@ def _corpus_tokenizer(data, cache: Path, vocab_size: int, val_fraction: float, t
         _log(f"training a {vocab_size}-token BPE tokenizer on {len(files)} file(s)")
         docs = (d for i, d in enumerate(iter_corpus(files, text_column)) if not is_val_document(i, every))
         tok = train_tokenizer(docs, vocab_size=vocab_size)
-        folder.mkdir(parents=True, exist_ok=True)
-        tok.save(folder)
-    held_out = [d for i, d in enumerate(iter_corpus(files, text_column)) if is_val_document(i, every)][:5000]
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=cache))
+        tok.save(tmp)
+        os.replace(tmp, folder)  # a killed run never leaves a half-written tokenizer behind
+    held_out = list(islice((d for i, d in enumerate(iter_corpus(files, text_column)) if is_val_document(i, every)), 5000))
     info = {"vocab_size": tok.vocab_size}
     if held_out:
         info["held_out_bytes_per_token"] = round(bytes_per_token(tok, held_out), 3)
