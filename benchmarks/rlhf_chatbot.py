@@ -55,37 +55,6 @@ def make_sft(work: Path, convs: list, minutes: float, seed: int) -> Path:
     return work / "sft"
 
 
-@torch.no_grad()
-def evaluate_policy(policy_dir: Path, sft_model, prompts: list[str], score_fn, max_new_tokens: int, seed: int) -> dict:
-    """Mean reward of sampled answers, KL to the SFT policy on those samples, mean answer length."""
-    from hangpt.checkpoint import load_checkpoint
-    from hangpt.engine import Engine, GenerationConfig
-    from hangpt.templates import template_for
-    from hangpt.train.ppo import Rollout, response_hidden, response_logprobs
-
-    ckpt = load_checkpoint(policy_dir)
-    template, tok = template_for(ckpt.meta), ckpt.tokenizer
-    eos = ckpt.model.config.eos_token_id
-    engine = Engine(ckpt.model, tok)
-    rewards, kls, lengths, examples = [], [], [], []
-    for i in range(0, len(prompts), 32):
-        chunk = prompts[i : i + 32]
-        prompt_ids = [template.encode_prompt(tok, [{"role": "user", "content": p}]) for p in chunk]
-        gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, seed=seed + i)
-        completions = [c[0] for c in engine.generate(prompt_ids, gen)]
-        responses = [c.token_ids + ([eos] if c.finish_reason == "stop" else []) or [eos] for c in completions]
-        rewards += score_fn(chunk, responses)
-        roll = Rollout.build(prompt_ids, responses, tok.pad_id)
-        mask = roll.response_mask.float()
-        logp = response_logprobs(ckpt.model.lm_head(response_hidden(ckpt.model, roll)), roll, 1.0)
-        ref = response_logprobs(sft_model.lm_head(response_hidden(sft_model, roll)), roll, 1.0)
-        kls += ((logp - ref) * mask).sum(-1).tolist()
-        lengths += mask.sum(-1).tolist()
-        examples += [(p, c.text) for p, c in zip(chunk, completions)]
-    n = len(prompts)
-    return {"reward": sum(rewards) / n, "kl": sum(kls) / n, "length": sum(lengths) / n, "examples": examples[:4]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA))
@@ -107,6 +76,7 @@ def main() -> None:
     from hangpt.checkpoint import load_checkpoint
     from hangpt.data.conversations import read_conversations
     from hangpt.data.preferences import make_pairs
+    from hangpt.train.compare import evaluate_policy, greedy_answers
     from hangpt.train.dpo import train_dpo
     from hangpt.train.ppo import PPOConfig, reward_model_scorer, train_ppo
     from hangpt.train.reward import encode_pairs, evaluate_pairs, load_reward_model, train_reward_model
@@ -146,16 +116,18 @@ def main() -> None:
     sft_model = sft_ckpt.model
     score_fn = reward_model_scorer(work / "rm", sft_ckpt.tokenizer)
     prompts = [c[0]["content"] for c in test_convs]
+    policies = {"sft": sft, "dpo": work / "dpo", "ppo": work / "ppo"}
     results = {name: evaluate_policy(path, sft_model, prompts, score_fn, args.max_new_tokens, args.seed)
-               for name, path in (("sft", sft), ("dpo", work / "dpo"), ("ppo", work / "ppo"))}
+               for name, path in policies.items()}
 
     print(f"reward model held-out pairwise accuracy: mismatched {acc['mismatched']:.3f}, corrupted {acc['corrupted']:.3f}")
     print(f"{'policy':<8}{'mean RM reward':>16}{'KL to SFT':>12}{'answer tokens':>15}")
     for name, r in results.items():
         print(f"{name:<8}{r['reward']:>16.3f}{r['kl']:>12.3f}{r['length']:>15.1f}")
-    for name, r in results.items():
-        for prompt, answer in r["examples"]:
-            print(f"  [{name}] {prompt} -> {answer}")
+    greedy = {name: greedy_answers(path, prompts[:4], args.max_new_tokens) for name, path in policies.items()}
+    for i, prompt in enumerate(prompts[:4]):
+        for name in policies:
+            print(f"  [{name}, greedy] {prompt} -> {greedy[name][i]}")
     print(f"({len(prompts)} held-out questions, {time.time() - t0:.0f} s in all)")
     print(f"RESULT rlhf_chatbot rm_acc={rm_acc:.3f} sft_reward={results['sft']['reward']:.3f} "
           f"dpo_reward={results['dpo']['reward']:.3f} ppo_reward={results['ppo']['reward']:.3f} "
