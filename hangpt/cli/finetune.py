@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import print_json, training_options
+from .options import generation_config_from_options, generation_options, print_json, training_options
 
 
 def _log(message: str) -> None:
@@ -74,20 +74,17 @@ def sft(model, data, out, template, question_column, answer_column, as_json, **o
 
 # -- chat ---------------------------------------------------------------------------------------
 
+# chat answers read better sampled; any flag given, or the model's generation_config.json, wins
+_CHAT_DEFAULTS = {"max_new_tokens": 128, "do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.95,
+                  "repetition_penalty": 1.1}
 _CHAT_HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
 
 
 @click.command()
 @click.option("--model", required=True, help="Chat model folder (its chat template is used to format prompts).")
 @click.option("--system", default=None, help="System message for the conversation.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--greedy", is_flag=True, help="Always pick the most likely token (no sampling).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="0 turns it off.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
-@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=1.1, show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
-def chat(model, system, max_new_tokens, greedy, temperature, top_k, top_p, repetition_penalty, seed):
+@generation_options
+def chat(model, system, **options):
     """Multi-turn chat in the terminal, answers streamed as they are generated.
 
     Reads one message per line from standard input (so it also works piped); the oldest turns are
@@ -101,7 +98,7 @@ def chat(model, system, max_new_tokens, greedy, temperature, top_k, top_p, repet
     import sys
 
     from ..checkpoint import load_checkpoint
-    from ..engine import Engine, GenerationConfig
+    from ..engine import Engine
     from ..templates import fit_conversation, prepare_tokenizer, template_for
 
     ckpt = load_checkpoint(model)
@@ -109,11 +106,9 @@ def chat(model, system, max_new_tokens, greedy, temperature, top_k, top_p, repet
     tokenizer = ckpt.tokenizer
     prepare_tokenizer(template, tokenizer, ckpt.model)
     n_positions = ckpt.model.config.n_positions
-    max_new_tokens = min(max_new_tokens, n_positions - 1)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=temperature,
-                              top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                              stop=template.stop_strings(tokenizer.eos_token or ""), seed=seed)
-    config.validate()
+    config = generation_config_from_options(options, {**_CHAT_DEFAULTS, **ckpt.generation_config},
+                                            stop=template.stop_strings(tokenizer.eos_token or ""))
+    config.max_new_tokens = min(config.max_new_tokens, n_positions - 1)
     engine = Engine(ckpt.model, tokenizer)
     interactive = sys.stdin.isatty()
     _log(f"chatting with {model} (template {template.name}); {_CHAT_HELP}")
@@ -142,7 +137,7 @@ def chat(model, system, max_new_tokens, greedy, temperature, top_k, top_p, repet
             continue
         history.append({"role": "user", "content": line})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        ids, dropped = fit_conversation(template, tokenizer, messages, n_positions - max_new_tokens)
+        ids, dropped = fit_conversation(template, tokenizer, messages, n_positions - config.max_new_tokens)
         if dropped:
             history = history[dropped:]
             _log(f"(the {dropped} oldest messages no longer fit the context and were dropped)")
