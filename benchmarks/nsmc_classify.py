@@ -78,8 +78,8 @@ def main() -> None:
     result = evaluate(clf.model, seqs, label_indices(test.labels, clf.labels, "test"), clf.tokenizer.pad_id, 256)
     eval_s = time.perf_counter() - t0
     seen = summary["steps"] * args.batch_size
-    print(f"| model | test accuracy | time |")
-    print(f"|---|---|---|")
+    print("| model | test accuracy | time |")
+    print("|---|---|---|")
     print(f"| TF-IDF char 1-4-grams + logistic regression | {tfidf_acc:.4f} | {tfidf_s:.0f} s |")
     print(f"| tiny GPT + linear head ({summary['steps']} steps, {seen / len(train.texts):.2f} epochs) | "
           f"{result['accuracy']:.4f} | train {train_s / 60:.1f} min, test {eval_s:.0f} s |")

@@ -34,14 +34,6 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def open_text(path: Path):
-    """Open a text or .gz file as UTF-8 (a BOM is dropped)."""
-    raw = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
-    import io
-
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=None)
-
-
 def read_lines(path: Path) -> Iterator[str]:
     """Lines of one file without their line break. Each line is decoded on its own, so an
     undecodable byte is reported at its exact line (a decoding text stream would name the line

@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import InputError
 from ..model import GPT
-from .loop import ShuffledBatches, TrainConfig, Trainer, device, seed_everything
+from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
 from .sft import holdout_split
 
 HEAD = "score.weight"
@@ -133,11 +133,8 @@ def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str
                        log=print) -> dict:
     """Train GPT + head on (text, label) pairs and save to cfg.out; returns the training summary."""
     seed_everything(cfg.seed)
-    state = None
-    if cfg.resume:
-        state = load_train_state(cfg.out)
-        if state is None:
-            raise InputError(f"{cfg.out}: no train_state.pt to resume from (the run finished or never saved one)")
+    state = resume_state(cfg)
+    if state is not None:
         clf = load_classifier(cfg.out)
         base = clf.meta.get("base_model", {})
     else:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.preferences import PreferencePair, chat_template
 from ..errors import InputError
 from ..templates import template_for
-from .loop import ShuffledBatches, TrainConfig, Trainer, device, seed_everything
+from .loop import ShuffledBatches, TrainConfig, Trainer, device, load_reference, resume_state, seed_everything
 from .losses import dpo_loss, token_logprobs
 from .reward import PairExample, collate_pairs, encode_pairs
 from .sft import holdout_split
@@ -89,19 +89,12 @@ def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConf
     seed_everything(cfg.seed)
     if beta <= 0:
         raise InputError(f"--beta {beta}: must be positive")
-    state = None
-    if cfg.resume:
-        state = load_train_state(cfg.out)
-        if state is None:
-            raise InputError(f"{cfg.out}: no train_state.pt to resume from (the run finished or never saved one)")
+    state = resume_state(cfg)
+    if state is not None:
         ckpt = load_checkpoint(cfg.out)
         template = template_for(ckpt.meta)
         base = ckpt.meta.get("base_model", {})
-        if not base.get("path"):
-            raise InputError(f"{cfg.out}/hangpt.json: no base_model.path; cannot rebuild the reference")
-        reference = load_checkpoint(base["path"]).model
-        if reference.config.vocab_size != ckpt.model.config.vocab_size:
-            reference.resize_token_embeddings(ckpt.model.config.vocab_size)
+        reference = load_reference(ckpt, cfg.out)
     else:
         ckpt = load_checkpoint(model_dir)
         template = chat_template(ckpt)

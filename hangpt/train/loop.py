@@ -322,6 +322,31 @@ def _format_metrics(step: int, metrics: dict) -> str:
     return f"step {step}: {shown}"
 
 
+def resume_state(cfg: TrainConfig) -> dict | None:
+    """With --resume, the train state saved in --out (a clear error when there is none); else None."""
+    if not cfg.resume:
+        return None
+    from ..checkpoint import load_train_state
+
+    state = load_train_state(cfg.out)
+    if state is None:
+        raise InputError(f"{cfg.out}: no train_state.pt to resume from (the run finished or never saved one)")
+    return state
+
+
+def load_reference(ckpt, out: Path):
+    """The frozen starting model of a resumed DPO/PPO run, rebuilt from hangpt.json's base_model."""
+    from ..checkpoint import load_checkpoint
+
+    path = ckpt.meta.get("base_model", {}).get("path")
+    if not path:
+        raise InputError(f"{out}/hangpt.json: no base_model.path; cannot rebuild the reference model")
+    reference = load_checkpoint(path).model
+    if reference.config.vocab_size != ckpt.model.config.vocab_size:
+        reference.resize_token_embeddings(ckpt.model.config.vocab_size)
+    return reference
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

@@ -22,11 +22,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.preferences import chat_template
 from ..errors import InputError
 from ..templates import template_for
-from .loop import ShuffledBatches, TrainConfig, device, lr_at, make_optimizer, seed_everything
+from .loop import ShuffledBatches, TrainConfig, device, load_reference, lr_at, make_optimizer, resume_state, seed_everything
 from .losses import (
     entropy_from_logits,
     gae,
@@ -301,19 +301,12 @@ def train_ppo(model_dir: str | Path, prompts: list, score_fn: ScoreFn | None, cf
     """PPO from the SFT checkpoint in `model_dir` (also the frozen reference), or resume cfg.out.
     Rewards come from `score_fn`, or from the reward model folder `reward_model`."""
     seed_everything(cfg.seed)
-    state = None
-    if cfg.resume:
-        state = load_train_state(cfg.out)
-        if state is None:
-            raise InputError(f"{cfg.out}: no train_state.pt to resume from (the run finished or never saved one)")
+    state = resume_state(cfg)
+    if state is not None:
         ckpt = load_checkpoint(cfg.out)
         template = template_for(ckpt.meta)
         base = ckpt.meta.get("base_model", {})
-        if not base.get("path"):
-            raise InputError(f"{cfg.out}/hangpt.json: no base_model.path; cannot rebuild the reference")
-        reference = load_checkpoint(base["path"]).model
-        if reference.config.vocab_size != ckpt.model.config.vocab_size:
-            reference.resize_token_embeddings(ckpt.model.config.vocab_size)
+        reference = load_reference(ckpt, cfg.out)
         policy = PolicyWithValue(ckpt.model, ckpt.extra_tensors.get("v_head.weight"), ckpt.extra_tensors.get("v_head.bias"))
     else:
         ckpt = load_checkpoint(model_dir)

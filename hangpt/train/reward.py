@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.preferences import PreferencePair, chat_template, encode_answer, pad_batch
 from ..errors import InputError
 from ..templates import ChatTemplate, template_for
 from ..tokenizer import PAD
-from .loop import ShuffledBatches, TrainConfig, Trainer, device, seed_everything
+from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
 from .losses import pairwise_reward_loss
 from .sft import holdout_split
 
@@ -129,11 +129,8 @@ def train_reward_model(model_dir: str | Path, pairs: list[PreferencePair], cfg: 
                        max_length: int | None = None, val_fraction: float = 0.1, log=print) -> dict:
     """Train a reward model from the checkpoint in `model_dir` (or resume the run in cfg.out)."""
     seed_everything(cfg.seed)
-    state = None
-    if cfg.resume:
-        state = load_train_state(cfg.out)
-        if state is None:
-            raise InputError(f"{cfg.out}: no train_state.pt to resume from (the run finished or never saved one)")
+    state = resume_state(cfg)
+    if state is not None:
         rm, tokenizer, template, meta = load_reward_model(cfg.out)
         base = meta.get("base_model", {})
     else:

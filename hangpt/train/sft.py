@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint, load_train_state, save_checkpoint
-from ..errors import InputError
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..templates import IGNORE_INDEX, ChatTemplate, get_template, prepare_tokenizer, template_for
-from .loop import ShuffledBatches, TrainConfig, Trainer, device, seed_everything
+from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
 
@@ -108,11 +107,8 @@ def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainCo
     """Fine-tune the checkpoint in `model_dir` (or continue the run in cfg.out with cfg.resume) and
     write the result to cfg.out; returns the training summary."""
     seed_everything(cfg.seed)
-    state = None
-    if cfg.resume:
-        state = load_train_state(cfg.out)
-        if state is None:
-            raise InputError(f"{cfg.out}: no train_state.pt to resume from (the run finished or never saved one)")
+    state = resume_state(cfg)
+    if state is not None:
         ckpt = load_checkpoint(cfg.out)
         template = template_for(ckpt.meta)
         base = ckpt.meta.get("base_model", {})
