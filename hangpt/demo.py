@@ -56,18 +56,22 @@ def copy_embedded_data(target: Path) -> list[Path]:
     return copied
 
 
-def find_data(data_dir: Path) -> DemoData:
-    """Text files (.txt, .txt.gz) for pretraining, the CSV with Q and A columns, and prompts.txt."""
+def find_data(data_dir: Path, qa: Path | None = None) -> DemoData:
+    """Text files (.txt, .txt.gz) for pretraining, the CSV with Q and A columns (unless `qa` names
+    one elsewhere), and prompts.txt."""
     if not data_dir.is_dir():
         raise InputError(f"{data_dir}: no such folder")
-    qa = [p for p in sorted(data_dir.rglob("*.csv")) if _has_qa_header(p)]
-    if not qa:
-        raise InputError(f"{data_dir}: no CSV file with Q and A columns (ChatbotData format) in this folder")
+    if qa is None:
+        found = [p for p in sorted(data_dir.rglob("*.csv")) if _has_qa_header(p)]
+        if not found:
+            raise InputError(f"{data_dir}: no CSV file with Q and A columns (ChatbotData format) in this folder; "
+                             f"name one with --qa")
+        qa = found[0]
     prompts = next(iter(sorted(data_dir.rglob("prompts.txt"))), None)
     text = [p for p in sorted(data_dir.rglob("*")) if p.name.endswith((".txt", ".txt.gz")) and p != prompts]
     if not text:
         raise InputError(f"{data_dir}: no .txt files to pretrain on")
-    return DemoData(text, qa[0], prompts)
+    return DemoData(text, qa, prompts)
 
 
 def _has_qa_header(path: Path) -> bool:
@@ -160,7 +164,8 @@ class Demo:
         from .train.reward import train_reward_model
 
         self._stage("rm", "reward model (pairwise loss) on the preference pairs")
-        cfg = self._train_config("rm", batch_size=16, lr=3e-4)
+        # a few epochs at most: 400 pairs are memorised long before the budget runs out
+        cfg = self._train_config("rm", batch_size=16, lr=3e-4, epochs=3)
         summary = train_reward_model(self.out / "sft", pairs, cfg, max_length=128, val_fraction=0.1, log=self.log)
         self.result.figures["rm_val_accuracy"] = summary["final"].get("val_accuracy")
         self.log(f"  held-out pairwise accuracy {summary['final'].get('val_accuracy')}")
@@ -169,7 +174,7 @@ class Demo:
         from .train.dpo import train_dpo
 
         self._stage("dpo", "Direct Preference Optimization against the frozen SFT model")
-        cfg = self._train_config("dpo", batch_size=16, lr=2e-4)
+        cfg = self._train_config("dpo", batch_size=16, lr=2e-4, epochs=2)
         summary = train_dpo(self.out / "sft", pairs, cfg, beta=0.1, max_length=128, val_fraction=0.1, log=self.log)
         final = summary["final"]
         self.result.figures["dpo_val_accuracy"] = final.get("val_rewards/accuracies")
@@ -185,7 +190,7 @@ class Demo:
         random.Random(self.seed).shuffle(prompts)
         cfg = self._train_config("ppo", batch_size=16, lr=2e-5, log_every=1)
         summary = train_ppo(self.out / "sft", prompts, None, cfg, PPOConfig(mini_batch_size=8, ppo_epochs=2,
-                            max_new_tokens=24), reward_model=self.out / "rm", log=self.log)
+                            max_new_tokens=24, kl_coef=0.1), reward_model=self.out / "rm", log=self.log)
         final = summary["final"]
         self.result.figures["ppo_train_reward"] = final.get("reward")
         self.result.figures["ppo_train_kl"] = final.get("kl")

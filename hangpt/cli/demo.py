@@ -43,9 +43,10 @@ def demo(ctx, out, minutes, data_dir, text_files, qa, seed, eval_prompts, no_ser
         for path in copy_embedded_data(Path(export_data)):
             click.echo(path)
         return
-    data = find_data(Path(data_dir)) if data_dir else embedded_data()
-    if text_files or qa:
-        data = DemoData([Path(t) for t in text_files] or data.text, Path(qa) if qa else data.qa, data.prompts)
+    qa_path = Path(qa) if qa else None
+    data = find_data(Path(data_dir), qa_path) if data_dir else embedded_data()
+    if text_files or qa_path:
+        data = DemoData([Path(t) for t in text_files] or data.text, qa_path or data.qa, data.prompts)
     out_dir = Path(out)
     clean_output(out_dir)
     result = Demo(out_dir, data, minutes, seed=seed, eval_prompts=eval_prompts).run()
