@@ -175,7 +175,38 @@ SaveFn = Callable[[Path, dict | None, dict, dict], None]
 """save(out, train_state or None for the final save, summary, files) writes the stage's checkpoint."""
 
 
-class Trainer:
+class ResumableRun:
+    """What every training run saves for an exact resume, and its summary; the Trainer and PPO
+    (which has its own outer loop) share it. Needs step, elapsed, tokens, optimizer, batches, history."""
+
+    def train_state(self) -> dict:
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "tokens": self.tokens,
+            "optimizer": self.optimizer.state_dict(),
+            "batches": self.batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "history": json.dumps(self.history),
+        }
+
+    def load_train_state(self, state: dict) -> None:
+        self.step, self.elapsed, self.tokens = state["step"], state["elapsed"], state.get("tokens", 0)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        self.history = json.loads(state["history"])
+
+    def run_summary(self, settings: dict) -> dict:
+        """Steps, tokens, minutes, the last value of every logged metric, and the settings."""
+        last = {k: v for h in self.history for k, v in h.items() if k != "step"}
+        return {"steps": self.step, "tokens": self.tokens, "minutes": round(self.elapsed / 60, 2),
+                "final": last, **({"settings": settings} if settings else {})}
+
+
+class Trainer(ResumableRun):
     def __init__(
         self,
         cfg: TrainConfig,
@@ -209,31 +240,8 @@ class Trainer:
         by_time = self.elapsed / (self.cfg.time_budget * 60) if self.cfg.time_budget else 0.0
         return min(1.0, max(by_steps, by_time))
 
-    # -- state ---------------------------------------------------------------------------------
-    def train_state(self) -> dict:
-        return {
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "tokens": self.tokens,
-            "optimizer": self.optimizer.state_dict(),
-            "batches": self.batches.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-            "history": json.dumps(self.history),
-        }
-
-    def load_train_state(self, state: dict) -> None:
-        self.step, self.elapsed, self.tokens = state["step"], state["elapsed"], state["tokens"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.batches.load_state_dict(state["batches"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        self.history = json.loads(state["history"])
-
     def summary(self) -> dict:
-        last = {k: v for h in self.history for k, v in h.items() if k != "step"}
-        return {"steps": self.step, "tokens": self.tokens, "minutes": round(self.elapsed / 60, 2),
-                "final": last, **({"settings": self.cfg.extra} if self.cfg.extra else {})}
+        return self.run_summary(self.cfg.extra)
 
     def _save(self, final: bool) -> None:
         if self.rank != 0:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.preferences import chat_template
 from ..errors import InputError
 from ..templates import template_for
-from .loop import ShuffledBatches, TrainConfig, device, load_reference, lr_at, make_optimizer, resume_state, seed_everything
+from .loop import ResumableRun, ShuffledBatches, TrainConfig, device, load_reference, lr_at, make_optimizer, resume_state, seed_everything
 from .losses import (
     entropy_from_logits,
     gae,
@@ -116,7 +115,7 @@ def response_logprobs(logits: torch.Tensor, roll: Rollout, temperature: float) -
     return token_logprobs(logits / temperature, roll.ids[:, roll.prompt_width :])
 
 
-class PPOTrainer:
+class PPOTrainer(ResumableRun):
     def __init__(self, cfg: TrainConfig, ppo: PPOConfig, policy: PolicyWithValue, reference: nn.Module, tokenizer,
                  prompts: list, encode_prompt: Callable[[object], list[int]], score_fn: ScoreFn,
                  save_fn: Callable[[Path, dict | None, dict, dict], None], log=print):
@@ -129,7 +128,7 @@ class PPOTrainer:
         self.score_fn, self.save_fn, self.log = score_fn, save_fn, log
         self.batches = ShuffledBatches(list(range(len(prompts))), cfg.batch_size, lambda b: b, seed=cfg.seed)
         self.optimizer = make_optimizer(policy, cfg)
-        self.step, self.elapsed = 0, 0.0
+        self.step, self.elapsed, self.tokens = 0, 0.0, 0  # tokens: sampled answer tokens
         self.history: list[dict] = []
         if not (cfg.max_steps or cfg.time_budget):
             raise InputError("give --max-steps or --time-budget")
@@ -139,24 +138,8 @@ class PPOTrainer:
         by_time = self.elapsed / (self.cfg.time_budget * 60) if self.cfg.time_budget else 0.0
         return min(1.0, max(by_steps, by_time))
 
-    # -- state (same keys as the Trainer's) ------------------------------------------------------
-    def train_state(self) -> dict:
-        return {"step": self.step, "elapsed": self.elapsed, "optimizer": self.optimizer.state_dict(),
-                "batches": self.batches.state_dict(), "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(), "history": json.dumps(self.history)}
-
-    def load_train_state(self, state: dict) -> None:
-        self.step, self.elapsed = state["step"], state["elapsed"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.batches.load_state_dict(state["batches"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        self.history = json.loads(state["history"])
-
     def summary(self) -> dict:
-        last = {k: v for h in self.history for k, v in h.items() if k != "step"}
-        return {"steps": self.step, "minutes": round(self.elapsed / 60, 2), "final": last,
-                "settings": {**self.cfg.extra, **asdict(self.ppo)}}
+        return self.run_summary({**self.cfg.extra, **asdict(self.ppo)})
 
     def _save(self, final: bool) -> None:
         files = {"train_log.jsonl": "".join(json.dumps(h) + "\n" for h in self.history).encode(),
@@ -225,6 +208,7 @@ class PPOTrainer:
                     stats[k].append(v.item())
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.tokens += int(mask.sum().item())
         self.elapsed += time.perf_counter() - t0
         out = {"reward": scores.mean().item(), "kl": kl.sum(-1).mean().item(),
                "response_length": mask.sum(-1).mean().item(), "lr": lr}
