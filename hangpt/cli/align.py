@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .finetune import _check_model, _log, _train_config
-from .options import print_json, training_options
+from .options import log, print_json, require_model, train_config, training_options
 
 _PREFS_HELP = ("Preference file: JSONL/JSON array of {prompt, chosen, rejected[, margin]} or KoChatGPT's "
                "{prompt, completion_0.., ranking} (lower rank = better).")
@@ -29,12 +28,12 @@ def rm_train(model, data, out, as_json, **opts):
     from ..data.preferences import read_preferences
     from ..train.reward import train_reward_model
 
-    _check_model(model, opts["resume"])
+    require_model(model, opts["resume"])
     pairs = read_preferences(data)
-    _log(f"{len(pairs)} preference pairs from {data}")
-    cfg = _train_config(out, opts, batch_size=8, lr=1e-4, default_epochs=1)
+    log(f"{len(pairs)} preference pairs from {data}")
+    cfg = train_config(out, opts, batch_size=8, lr=1e-4, default_epochs=1)
     val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
-    summary = train_reward_model(model, pairs, cfg, max_length=opts["max_length"], val_fraction=val_fraction, log=_log)
+    summary = train_reward_model(model, pairs, cfg, max_length=opts["max_length"], val_fraction=val_fraction, log=log)
     if as_json:
         print_json({"out": out, **summary})
     else:
@@ -129,12 +128,12 @@ def dpo(model, data, out, beta, as_json, **opts):
     from ..data.preferences import read_preferences
     from ..train.dpo import train_dpo
 
-    _check_model(model, opts["resume"])
+    require_model(model, opts["resume"])
     pairs = read_preferences(data)
-    _log(f"{len(pairs)} preference pairs from {data}")
-    cfg = _train_config(out, opts, batch_size=8, lr=5e-5, default_epochs=1)
+    log(f"{len(pairs)} preference pairs from {data}")
+    cfg = train_config(out, opts, batch_size=8, lr=5e-5, default_epochs=1)
     val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
-    summary = train_dpo(model, pairs, cfg, beta=beta, max_length=opts["max_length"], val_fraction=val_fraction, log=_log)
+    summary = train_dpo(model, pairs, cfg, beta=beta, max_length=opts["max_length"], val_fraction=val_fraction, log=log)
     if as_json:
         print_json({"out": out, **summary})
     else:
@@ -176,10 +175,10 @@ def ppo(model, reward_model, prompts, out, mini_batch_size, ppo_epochs, max_new_
     from ..data.preferences import read_prompts
     from ..train.ppo import PPOConfig, train_ppo
 
-    _check_model(model, opts["resume"])
+    require_model(model, opts["resume"])
     prompt_list = read_prompts(prompts)
-    _log(f"{len(prompt_list)} prompts from {prompts}")
-    cfg = _train_config(out, {**opts, "epochs": None}, batch_size=16, lr=1e-5, default_epochs=None)
+    log(f"{len(prompt_list)} prompts from {prompts}")
+    cfg = train_config(out, {**opts, "epochs": None}, batch_size=16, lr=1e-5, default_epochs=None)
     if opts["epochs"] and not opts["max_steps"]:
         cfg.max_steps = max(1, math.ceil(opts["epochs"] * len(prompt_list) / cfg.batch_size))
     elif not (opts["max_steps"] or opts["time_budget"]):
@@ -188,7 +187,7 @@ def ppo(model, reward_model, prompts, out, mini_batch_size, ppo_epochs, max_new_
     settings = PPOConfig(mini_batch_size=min(mini_batch_size, cfg.batch_size), ppo_epochs=ppo_epochs,
                          max_new_tokens=max_new_tokens, temperature=temperature, kl_coef=kl_coef, gamma=gamma,
                          lam=lam, clip_range=clip_range, clip_range_value=clip_range_value, vf_coef=vf_coef)
-    summary = train_ppo(model, prompt_list, None, cfg, settings, reward_model=reward_model, log=_log)
+    summary = train_ppo(model, prompt_list, None, cfg, settings, reward_model=reward_model, log=log)
     if as_json:
         print_json({"out": out, **summary})
     else:

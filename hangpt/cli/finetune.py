@@ -4,35 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import generation_config_from_options, generation_options, print_json, training_options
-
-
-def _log(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _train_config(out, opts: dict, *, batch_size: int, lr: float, default_epochs: float):
-    """TrainConfig from the shared training flags, with this stage's defaults for unset ones."""
-    from pathlib import Path
-
-    from ..train.loop import TrainConfig
-
-    epochs = opts["epochs"]
-    if not (epochs or opts["max_steps"] or opts["time_budget"]):
-        epochs = default_epochs
-    cfg = TrainConfig(out=Path(out), batch_size=opts["batch_size"] or batch_size, grad_accum=opts["grad_accum"],
-                      lr=opts["lr"] or lr, max_steps=opts["max_steps"], epochs=epochs,
-                      time_budget=opts["time_budget"], seed=opts["seed"], resume=opts["resume"], bf16=opts["bf16"])
-    if opts["eval_every"]:
-        cfg.eval_every = opts["eval_every"]
-    if opts["save_every"]:
-        cfg.save_every = opts["save_every"]
-    return cfg
-
-
-def _check_model(model, resume):
-    if not model and not resume:
-        raise click.UsageError("--model is required (unless --resume continues the run in --out)")
+from .options import (generation_config_from_options, generation_options, log, print_json, require_model,
+                      train_config, training_options)
 
 
 # -- sft ----------------------------------------------------------------------------------------
@@ -57,13 +30,13 @@ def sft(model, data, out, template, question_column, answer_column, as_json, **o
     from ..data.conversations import read_conversations
     from ..train.sft import run_sft
 
-    _check_model(model, opts["resume"])
+    require_model(model, opts["resume"])
     conversations = read_conversations(data, question_column=question_column, answer_column=answer_column)
-    _log(f"{len(conversations)} conversations from {data}")
-    cfg = _train_config(out, opts, batch_size=16, lr=3e-4, default_epochs=3)
+    log(f"{len(conversations)} conversations from {data}")
+    cfg = train_config(out, opts, batch_size=16, lr=3e-4, default_epochs=3)
     val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
     summary = run_sft(model, conversations, cfg, template_name=template, max_length=opts["max_length"],
-                      val_fraction=val_fraction, log=_log)
+                      val_fraction=val_fraction, log=log)
     if as_json:
         print_json({"out": out, **summary})
     else:
@@ -111,7 +84,7 @@ def chat(model, system, **options):
     config.max_new_tokens = min(config.max_new_tokens, n_positions - 1)
     engine = Engine(ckpt.model, tokenizer)
     interactive = sys.stdin.isatty()
-    _log(f"chatting with {model} (template {template.name}); {_CHAT_HELP}")
+    log(f"chatting with {model} (template {template.name}); {_CHAT_HELP}")
     history: list[dict] = []
     while True:
         if interactive:
@@ -128,19 +101,19 @@ def chat(model, system, **options):
                 break
             if command == "/reset":
                 history = []
-                _log("(conversation reset)")
+                log("(conversation reset)")
             elif command == "/system":
                 system = rest.strip() or None
-                _log(f"(system message {'set' if system else 'removed'})")
+                log(f"(system message {'set' if system else 'removed'})")
             else:
-                _log(f"unknown command {command}; {_CHAT_HELP}")
+                log(f"unknown command {command}; {_CHAT_HELP}")
             continue
         history.append({"role": "user", "content": line})
         messages = ([{"role": "system", "content": system}] if system else []) + history
         ids, dropped = fit_conversation(template, tokenizer, messages, n_positions - config.max_new_tokens)
         if dropped:
             history = history[dropped:]
-            _log(f"(the {dropped} oldest messages no longer fit the context and were dropped)")
+            log(f"(the {dropped} oldest messages no longer fit the context and were dropped)")
         answer = []
         for event in engine.stream(ids, config):
             answer.append(event.text)
@@ -178,14 +151,14 @@ def classify_train(model, data, out, text_column, label_column, as_json, **opts)
     from ..data.classification import read_labeled_texts
     from ..train.classify import run_classify_train
 
-    _check_model(model, opts["resume"])
+    require_model(model, opts["resume"])
     rows = read_labeled_texts(data, text_column=text_column, label_column=label_column)
-    _log(f"{len(rows.texts)} labeled texts from {data}"
+    log(f"{len(rows.texts)} labeled texts from {data}"
          + (f" ({rows.skipped_empty} rows with an empty text skipped)" if rows.skipped_empty else ""))
-    cfg = _train_config(out, opts, batch_size=32, lr=2e-4, default_epochs=1)
+    cfg = train_config(out, opts, batch_size=32, lr=2e-4, default_epochs=1)
     val_fraction = 0.05 if opts["val_fraction"] is None else opts["val_fraction"]
     summary = run_classify_train(model, rows.texts, rows.labels, cfg, max_length=opts["max_length"] or 128,
-                                 val_fraction=val_fraction, log=_log)
+                                 val_fraction=val_fraction, log=log)
     summary["skipped_empty"] = rows.skipped_empty
     if as_json:
         print_json({"out": out, **summary})

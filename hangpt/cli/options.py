@@ -120,3 +120,33 @@ def print_json(obj) -> None:
     """`--json` output: one JSON object on stdout."""
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def log(message: str) -> None:
+    """Progress and notes go to stderr, so stdout stays clean for --json."""
+    click.echo(message, err=True)
+
+
+def train_config(out, opts: dict, *, batch_size: int, lr: float, default_epochs: float):
+    """TrainConfig from the shared training flags, with this stage's defaults for unset ones."""
+    from pathlib import Path
+
+    from ..train.loop import TrainConfig
+
+    epochs = opts["epochs"]
+    if not (epochs or opts["max_steps"] or opts["time_budget"]):
+        epochs = default_epochs
+    cfg = TrainConfig(out=Path(out), batch_size=opts["batch_size"] or batch_size, grad_accum=opts["grad_accum"],
+                      lr=opts["lr"] or lr, max_steps=opts["max_steps"], epochs=epochs,
+                      time_budget=opts["time_budget"], seed=opts["seed"], resume=opts["resume"], bf16=opts["bf16"])
+    if opts["eval_every"]:
+        cfg.eval_every = opts["eval_every"]
+    if opts["save_every"]:
+        cfg.save_every = opts["save_every"]
+    return cfg
+
+
+def require_model(model, resume):
+    """--model may be left out only when --resume continues the run already in --out."""
+    if not model and not resume:
+        raise click.UsageError("--model is required (unless --resume continues the run in --out)")
