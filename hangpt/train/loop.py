@@ -199,6 +199,12 @@ class ResumableRun:
         random.setstate(state["python_rng"])
         self.history = json.loads(state["history"])
 
+    def save_interrupted(self) -> InputError:
+        """Ctrl-C: save a resumable checkpoint and return the one-line message to raise."""
+        self._save(final=False)
+        return InputError(f"interrupted at step {self.step}; checkpoint saved in {self.cfg.out} "
+                          f"(continue with --resume)")
+
     def run_summary(self, settings: dict) -> dict:
         """Steps, tokens, minutes, the last value of every logged metric, and the settings."""
         last = {k: v for h in self.history for k, v in h.items() if k != "step"}
@@ -315,9 +321,7 @@ class Trainer(ResumableRun):
                     self._save(final=False)
         except KeyboardInterrupt:
             bar.close()
-            self._save(final=False)
-            raise InputError(f"interrupted at step {self.step}; checkpoint saved in {self.cfg.out} "
-                             f"(continue with --resume)") from None
+            raise self.save_interrupted() from None
         bar.close()
         if self.eval_fn:
             self.history.append({"step": self.step, **self._evaluate()})

@@ -232,9 +232,7 @@ class PPOTrainer(ResumableRun):
                     self._save(final=False)
         except KeyboardInterrupt:
             bar.close()
-            self._save(final=False)
-            raise InputError(f"interrupted at step {self.step}; checkpoint saved in {self.cfg.out} "
-                             f"(continue with --resume)") from None
+            raise self.save_interrupted() from None
         bar.close()
         self._save(final=True)
         return self.summary()
