@@ -176,7 +176,8 @@ def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str
         save_classifier(out, model, tokenizer, clf.labels, {"base_model": base, "training": summary},
                         train_state=train_state, files=files)
 
-    batches = ShuffledBatches(train, cfg.batch_size, collate_examples, seed=cfg.seed)
+    batches = ShuffledBatches(train, cfg.batch_size, collate_examples, seed=cfg.seed,
+                              length=lambda e: len(e[0]))
     trainer = Trainer(cfg, model, batches, loss_fn, save_fn, eval_fn if val else None, stage="classify")
     if state is not None:
         trainer.load_train_state(state)

