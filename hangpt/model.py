@@ -148,11 +148,15 @@ class Attention(nn.Module):
             k = cache.k[layer_idx, :, :, : start + T]
             v = cache.v[layer_idx, :, :, : start + T]
         weights = None
-        if want_weights:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-            scores = scores.masked_fill(~mask, float("-inf"))
+        if want_weights or (T == 1 and not self.training):
+            # written out: needed for the weights, and for one decoding query three plain ops cost
+            # less than SDPA's dispatch (the decode step is bound by per-op overhead, not FLOPs)
+            scores = (q @ k.transpose(-2, -1)).mul_(1 / math.sqrt(q.shape[-1]))
+            if mask is not None:
+                scores = scores.masked_fill_(~mask, float("-inf"))
             weights = scores.softmax(dim=-1)
             y = weights @ v
+            weights = weights if want_weights else None
         elif mask is None:  # causal without a cache, or one new token attending to everything cached
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=T > 1, dropout_p=self.attn_dropout if self.training else 0.0
@@ -298,10 +302,9 @@ class GPT(nn.Module):
             raise InputError(
                 f"sequence of {past + T} tokens is longer than the model's context ({self.config.n_positions})"
             )
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device).unsqueeze(0)
         tr = self.transformer
-        x = tr.drop(tr.wte(input_ids) + tr.wpe(position_ids))
+        positions = tr.wpe.weight[past : past + T] if position_ids is None else tr.wpe(position_ids)
+        x = tr.drop(tr.wte(input_ids) + positions)
         mask = attention_mask_for(T, past, padding_mask, device=input_ids.device)
         if output_attentions and mask is None:
             mask = attention_mask_for(T, 0, torch.ones(1, T, dtype=torch.bool, device=input_ids.device))
