@@ -128,6 +128,11 @@ class GPTOutput(NamedTuple):
     attentions: tuple[torch.Tensor, ...] | None  # each (B, n_head, T, T_total)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout that costs nothing when off (GPT-2 fine-tuning often sets p=0; generation always does)."""
+    return F.dropout(x, p, training=True) if training and p > 0 else x
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -135,12 +140,12 @@ class Attention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.attn_dropout = config.attn_pdrop
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.resid_dropout = config.resid_pdrop
 
     def forward(self, x, layer_idx: int, cache: KVCache | None, mask: torch.Tensor | None, want_weights: bool):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, 3C) -> three (B, n_head, T, head_dim) views: one permute instead of a split and 6 reshapes
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             start = cache.length
             cache.k[layer_idx, :, :, start : start + T] = k
@@ -166,7 +171,7 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
             )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), weights
+        return dropout(self.c_proj(y), self.resid_dropout, self.training), weights
 
 
 class MLP(nn.Module):
@@ -174,10 +179,10 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.mlp_width)
         self.c_proj = nn.Linear(config.mlp_width, config.n_embd)
-        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.dropout = config.resid_pdrop
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -200,7 +205,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.drop = nn.Dropout(config.embd_pdrop)
+        self.embd_dropout = config.embd_pdrop
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
@@ -304,7 +309,7 @@ class GPT(nn.Module):
             )
         tr = self.transformer
         positions = tr.wpe.weight[past : past + T] if position_ids is None else tr.wpe(position_ids)
-        x = tr.drop(tr.wte(input_ids) + positions)
+        x = dropout(tr.wte(input_ids) + positions, tr.embd_dropout, self.training)
         mask = attention_mask_for(T, past, padding_mask, device=input_ids.device)
         if output_attentions and mask is None:
             mask = attention_mask_for(T, 0, torch.ones(1, T, dtype=torch.bool, device=input_ids.device))
