@@ -36,6 +36,22 @@ def test_kv_cache_equals_full_forward_greedy_100_tokens(engine):
     assert got == ids[len(prompt):]
 
 
+def test_engine_follows_weights_that_change_in_place(tiny_checkpoint):
+    """The engine keeps a transposed copy of the LM head for speed; training the model (as PPO does
+    between rollouts) must be seen by the next generation."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    engine = Engine(ckpt.model, ckpt.tokenizer)
+    hidden = torch.randn(3, ckpt.model.config.n_embd)
+    cfg = no_eos(max_new_tokens=8)
+    engine.generate(["저는"], cfg)
+    torch.testing.assert_close(engine.next_token_logits(hidden), ckpt.model.lm_head(hidden))
+    with torch.no_grad():
+        ckpt.model.lm_head.weight.mul_(-2.0)
+    torch.testing.assert_close(engine.next_token_logits(hidden), ckpt.model.lm_head(hidden))
+    after = engine.generate(["저는"], cfg)[0][0].token_ids
+    assert after == Engine(ckpt.model, ckpt.tokenizer).generate(["저는"], cfg)[0][0].token_ids
+
+
 def test_seed_repeats_and_differs(engine):
     cfg = no_eos(max_new_tokens=20, do_sample=True, top_k=50, top_p=0.95, seed=7)
     a = engine.generate(["저는"], cfg)[0][0].token_ids

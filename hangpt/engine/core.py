@@ -60,6 +60,23 @@ class Engine:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.vocab_size
+        self._head, self._head_key = None, None
+
+    def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on the last hidden state of each row: (B, n_embd) -> float32 (B, V).
+
+        On a CPU the head weight is kept transposed and contiguous: MKL's GEMM for a few rows is
+        2-4x faster on that layout than on nn.Linear's (vocab 8192, 8 rows: 245 vs 612 us), and the
+        head is the biggest matmul of a decoding step. The copy is rebuilt whenever the weight
+        changes (PPO trains the model it generates with).
+        """
+        weight = self.model.lm_head.weight
+        if weight.device.type != "cpu":
+            return self.model.lm_head(hidden).float()
+        key = (weight.data_ptr(), weight._version)
+        if key != self._head_key:
+            self._head, self._head_key = weight.detach().t().contiguous(), key
+        return (hidden @ self._head).float()
 
     # -- public API ---------------------------------------------------------------------------
     def generate(self, prompts: list[str] | list[list[int]], config: GenerationConfig) -> list[list[Completion]]:
@@ -189,7 +206,7 @@ class Engine:
                            return_logits=False).logits
         else:
             hidden = model(inputs, cache=cache, return_logits=False).logits
-        logits = model.lm_head(hidden[:, -1]).float()
+        logits = self.next_token_logits(hidden[:, -1])
         return Batch(cache, seqs, padding_mask, positions, P, P), logits
 
     @torch.inference_mode()
@@ -198,12 +215,12 @@ class Engine:
         batch.seqs[:, batch.length] = tokens
         batch.length += 1
         if batch.padding_mask is None:
-            out = self.model(tokens.unsqueeze(1), cache=batch.cache).logits
+            hidden = self.model(tokens.unsqueeze(1), cache=batch.cache, return_logits=False).logits
         else:
-            out = self.model(tokens.unsqueeze(1), position_ids=batch.positions,
-                             padding_mask=batch.padding_mask[:, : batch.length], cache=batch.cache).logits
+            hidden = self.model(tokens.unsqueeze(1), position_ids=batch.positions, return_logits=False,
+                                padding_mask=batch.padding_mask[:, : batch.length], cache=batch.cache).logits
             batch.positions += 1
-        return out[:, -1].float()
+        return self.next_token_logits(hidden[:, -1])
 
     def _decode(self, rows: list[_Row], prompts: list[list[int]], stream: bool,
                 is_cancelled: Callable[[int], bool] | None):
