@@ -2,6 +2,7 @@
 checkpoints, resumes after an interruption, and saves a causal LM plus the value head."""
 
 import json
+import signal
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def _counting_scorer(targets, calls=None, interrupt_at=None):
         if calls is not None:
             calls.append(1)
             if interrupt_at and len(calls) == interrupt_at:
-                raise KeyboardInterrupt
+                signal.raise_signal(signal.SIGINT)  # Ctrl-C: the step finishes, then the run saves and stops
         return [float(sum(t in targets for t in r)) for r in responses]
 
     return score
@@ -72,7 +73,7 @@ def test_ppo_interrupt_resume_and_checkpoint_layout(tmp_path, tiny_checkpoint):
     ppo = PPOConfig(mini_batch_size=4, ppo_epochs=1, max_new_tokens=6)
     out = tmp_path / "ppo"
     calls = []
-    with pytest.raises(InputError, match="interrupted at step 2"):
+    with pytest.raises(InputError, match="interrupted at step 3"):
         train_ppo(tiny_checkpoint, PROMPTS, _counting_scorer(targets, calls, interrupt_at=3),
                   _cfg(out, batch_size=4, max_steps=4), ppo, log=lambda *a: None)
     assert (out / "train_state.pt").exists()
@@ -81,7 +82,11 @@ def test_ppo_interrupt_resume_and_checkpoint_layout(tmp_path, tiny_checkpoint):
     assert summary["steps"] == 4
     history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3, 4]
+    straight = tmp_path / "straight"
+    train_ppo(tiny_checkpoint, PROMPTS, _counting_scorer(targets), _cfg(straight, batch_size=4, max_steps=4), ppo,
+              log=lambda *a: None)
     ckpt = load_checkpoint(out)
+    assert torch.equal(ckpt.model.lm_head.weight, load_checkpoint(straight).model.lm_head.weight)  # exact resume
     assert ckpt.meta["stage"] == "ppo" and ckpt.meta["base_model"]["path"] == str(tiny_checkpoint)
     assert tuple(ckpt.extra_tensors["v_head.weight"].shape) == (1, 64)
     assert tuple(ckpt.extra_tensors["v_head.bias"].shape) == (1,)

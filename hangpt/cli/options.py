@@ -25,6 +25,7 @@ def training_options(f):
         click.option("--seed", type=int, default=1234, show_default=True, help="Random seed."),
         click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out."),
         click.option("--bf16", is_flag=True, help="bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX, and GPUs)."),
+        click.option("--no-progress", is_flag=True, help="No progress bar (logs and pipes)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -138,7 +139,8 @@ def train_config(out, opts: dict, *, batch_size: int, lr: float, default_epochs:
         epochs = default_epochs
     cfg = TrainConfig(out=Path(out), batch_size=opts["batch_size"] or batch_size, grad_accum=opts["grad_accum"],
                       lr=opts["lr"] or lr, max_steps=opts["max_steps"], epochs=epochs,
-                      time_budget=opts["time_budget"], seed=opts["seed"], resume=opts["resume"], bf16=opts["bf16"])
+                      time_budget=opts["time_budget"], seed=opts["seed"], resume=opts["resume"], bf16=opts["bf16"],
+                      progress=not opts["no_progress"])
     if opts["eval_every"]:
         cfg.eval_every = opts["eval_every"]
     if opts["save_every"]:

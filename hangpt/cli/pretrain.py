@@ -20,13 +20,12 @@ _COLUMN_HELP = ("Take this column of TSV/CSV files whose header has it (e.g. `do
               help="Tokenizer folder; by default one is trained on the data (vocab size from the preset).")
 @click.option("--text-column", default=None, help=_COLUMN_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace a checkpoint already in --out.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
 @click.argument("more_data", nargs=-1, metavar="")
 @training_options
-def pretrain(data, more_data, out, preset, model_dir, tokenizer_dir, text_column, overwrite, no_progress, as_json,
+def pretrain(data, more_data, out, preset, model_dir, tokenizer_dir, text_column, overwrite, as_json,
              epochs, max_steps, time_budget, batch_size, grad_accum, lr, max_length, val_fraction, eval_every,
-             save_every, seed, resume, bf16):
+             save_every, seed, resume, bf16, no_progress):
     """Pretrain a GPT from scratch (or continue one) by next-token prediction on text.
 
     Checkpoints go to --out every --save-every steps; after a crash or Ctrl-C, run the same

@@ -15,7 +15,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +186,8 @@ def loss_curve_png(history: list[dict], title: str) -> bytes:
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or val:  # nothing logged yet when a run stops in its first steps
+        ax.legend()
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -220,17 +223,51 @@ class ResumableRun:
         random.setstate(state["python_rng"])
         self.history = json.loads(state["history"])
 
-    def save_interrupted(self) -> InputError:
-        """Ctrl-C: save a resumable checkpoint and return the one-line message to raise."""
-        self._save(final=False)
-        return InputError(f"interrupted at step {self.step}; checkpoint saved in {self.cfg.out} "
-                          f"(continue with --resume)")
+    def stop_if_requested(self, stop: "StepBoundaryStop", bar) -> None:
+        """After a step: on Ctrl-C, save a resumable checkpoint and end with a one-line message."""
+        if stop.requested:
+            bar.close()
+            self._save(final=False)
+            raise InputError(f"interrupted at step {self.step}; checkpoint saved in {self.cfg.out} "
+                             f"(continue with --resume)")
+
+    def stopped_at_once(self, bar) -> InputError:
+        """A second Ctrl-C: nothing is saved mid-step (it could not resume exactly)."""
+        bar.close()
+        return InputError(f"stopped during step {self.step + 1} without saving; {self.cfg.out} holds the last "
+                          f"periodic checkpoint, if any (continue with --resume)")
+
 
     def run_summary(self, settings: dict) -> dict:
         """Steps, tokens, minutes, the last value of every logged metric, and the settings."""
         last = {k: v for h in self.history for k, v in h.items() if k != "step"}
         return {"steps": self.step, "tokens": self.tokens, "minutes": round(self.elapsed / 60, 2),
                 "final": last, **({"settings": settings} if settings else {})}
+
+
+class StepBoundaryStop:
+    """Ctrl-C during training asks the loop to stop after the current step, so the checkpoint it
+    saves is exactly a step boundary and a resumed run matches an uninterrupted one; a second
+    Ctrl-C stops at once. Only the main thread can own the signal; elsewhere Ctrl-C is untouched."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "StepBoundaryStop":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class Trainer(ResumableRun):
@@ -309,45 +346,49 @@ class Trainer(ResumableRun):
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", dynamic_ncols=True,
                    disable=not self.cfg.progress or self.rank != 0)
         window: list[dict] = []
-        try:
-            while self.progress() < 1.0:
-                t0 = time.perf_counter()
-                lr = lr_at(self.progress(), self.cfg)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                micro = [self._micro_step(model) for _ in range(self.cfg.grad_accum)]
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip).item()
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                dt = time.perf_counter() - t0
-                self.step += 1
-                self.elapsed += dt
-                step_tokens = sum(m.get("tokens", 0) for m in micro) * self.world
-                self.tokens += step_tokens
-                metrics = {k: sum(m[k] for m in micro) / len(micro) for k in micro[0] if k != "tokens"}
-                metrics.update(lr=lr, grad_norm=grad_norm, tokens_per_s=step_tokens / dt if dt else 0.0)
-                window.append(metrics)
-                bar.update(1)
-                if self.step % self.cfg.log_every == 0 or self.progress() >= 1.0:
-                    avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                    self.history.append({"step": self.step, **{k: round(v, 6) for k, v in avg.items()}})
-                    bar.set_postfix(loss=f"{avg['loss']:.3f}", tok_s=f"{avg['tokens_per_s']:.0f}", lr=f"{lr:.1e}")
-                    window = []
-                if self.eval_fn and self.step % self.cfg.eval_every == 0 and self.progress() < 1.0:
-                    self.history.append({"step": self.step, **self._evaluate()})
-                    if self.rank == 0:
-                        bar.write(_format_metrics(self.step, self.history[-1]), file=sys.stderr)  # stdout is for --json
-                if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
-                    self._save(final=False)
-        except KeyboardInterrupt:
-            bar.close()
-            raise self.save_interrupted() from None
+        with StepBoundaryStop() as stop:
+            try:
+                self._loop(model, bar, window, stop)
+            except KeyboardInterrupt:
+                raise self.stopped_at_once(bar) from None
         bar.close()
         if self.eval_fn:
             self.history.append({"step": self.step, **self._evaluate()})
         self._save(final=True)
         return self.summary()
+
+    def _loop(self, model, bar, window: list[dict], stop: StepBoundaryStop) -> None:
+        while self.progress() < 1.0:
+            t0 = time.perf_counter()
+            lr = lr_at(self.progress(), self.cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            micro = [self._micro_step(model) for _ in range(self.cfg.grad_accum)]
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip).item()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            self.step += 1
+            self.elapsed += dt
+            step_tokens = sum(m.get("tokens", 0) for m in micro) * self.world
+            self.tokens += step_tokens
+            metrics = {k: sum(m[k] for m in micro) / len(micro) for k in micro[0] if k != "tokens"}
+            metrics.update(lr=lr, grad_norm=grad_norm, tokens_per_s=step_tokens / dt if dt else 0.0)
+            window.append(metrics)
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.progress() >= 1.0:
+                avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                self.history.append({"step": self.step, **{k: round(v, 6) for k, v in avg.items()}})
+                bar.set_postfix(loss=f"{avg['loss']:.3f}", tok_s=f"{avg['tokens_per_s']:.0f}", lr=f"{lr:.1e}")
+                window = []
+            if self.eval_fn and self.step % self.cfg.eval_every == 0 and self.progress() < 1.0:
+                self.history.append({"step": self.step, **self._evaluate()})
+                if self.rank == 0:
+                    bar.write(_format_metrics(self.step, self.history[-1]), file=sys.stderr)  # stdout is for --json
+            if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
+                self._save(final=False)
+            self.stop_if_requested(stop, bar)
 
 
 def _format_metrics(step: int, metrics: dict) -> str:

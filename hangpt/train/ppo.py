@@ -25,7 +25,8 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.preferences import chat_template
 from ..errors import InputError
 from ..templates import template_for
-from .loop import ResumableRun, ShuffledBatches, TrainConfig, device, load_reference, lr_at, make_optimizer, resume_state, seed_everything
+from .loop import (ResumableRun, ShuffledBatches, StepBoundaryStop, TrainConfig, device, load_reference, lr_at,
+                   make_optimizer, resume_state, seed_everything)
 from .losses import (
     entropy_from_logits,
     gae,
@@ -220,22 +221,26 @@ class PPOTrainer(ResumableRun):
 
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="ppo", unit="step", dynamic_ncols=True,
                    disable=not self.cfg.progress)
-        try:
-            while self.progress() < 1.0:
-                metrics = self.ppo_step()
-                self.history.append({"step": self.step, **{k: round(v, 6) for k, v in metrics.items()}})
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
-                if self.step % self.cfg.log_every == 0:
-                    self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
-                    self._save(final=False)
-        except KeyboardInterrupt:
-            bar.close()
-            raise self.save_interrupted() from None
+        with StepBoundaryStop() as stop:
+            try:
+                self._loop(bar, stop)
+            except KeyboardInterrupt:
+                raise self.stopped_at_once(bar) from None
         bar.close()
         self._save(final=True)
         return self.summary()
+
+    def _loop(self, bar, stop: StepBoundaryStop) -> None:
+        while self.progress() < 1.0:
+            metrics = self.ppo_step()
+            self.history.append({"step": self.step, **{k: round(v, 6) for k, v in metrics.items()}})
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
+            if self.step % self.cfg.log_every == 0:
+                self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
+                self._save(final=False)
+            self.stop_if_requested(stop, bar)
 
 
 def reward_curve_png(history: list[dict]) -> bytes:
