@@ -48,6 +48,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--dropout", type=float, default=0.1, help="GPT-1's fine-tuning dropout")
+    p.add_argument("--lm-coef", type=float, default=0.5, help="weight of GPT-1's auxiliary LM loss (0 = off)")
     p.add_argument("--skip-tfidf", action="store_true")
     args = p.parse_args()
 
@@ -70,7 +72,8 @@ def main() -> None:
                       eval_every=2000, save_every=2000, log_every=50)
     t0 = time.perf_counter()
     summary = run_classify_train(args.model, train.texts, train.labels, cfg, max_length=args.max_length,
-                                 val_fraction=0.01, log=lambda m: print(m, file=sys.stderr))
+                                 val_fraction=0.01, dropout=args.dropout, lm_coef=args.lm_coef,
+                                 log=lambda m: print(m, file=sys.stderr))
     train_s = time.perf_counter() - t0
     clf = load_classifier(args.out)
     t0 = time.perf_counter()

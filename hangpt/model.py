@@ -264,6 +264,14 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n if include_embeddings else n - self.transformer.wpe.weight.numel()
 
+    def set_dropout(self, p: float) -> None:
+        """Dropout on embeddings, attention weights and residual branches (GPT-1 fine-tuned its
+        downstream tasks with 0.1); recorded in the config, so config.json says what was used."""
+        self.config.embd_pdrop = self.config.attn_pdrop = self.config.resid_pdrop = p
+        self.transformer.embd_dropout = p
+        for block in self.transformer.h:
+            block.attn.attn_dropout = block.attn.resid_dropout = block.mlp.dropout = p
+
     def resize_token_embeddings(self, new_size: int) -> None:
         """Grow (or shrink) the vocabulary, e.g. after adding chat role tokens to a tokenizer.
 

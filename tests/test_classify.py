@@ -122,3 +122,36 @@ def test_real_nsmc_reader():
         pytest.skip("shared NSMC files not present (../shared/data)")
     rows = read_labeled_texts(path)
     assert len(rows.texts) + rows.skipped_empty == 50000 and set(rows.labels) == {"0", "1"}
+
+
+def test_auxiliary_lm_loss_is_next_token_cross_entropy_over_real_tokens(tiny_checkpoint):
+    """GPT-1's auxiliary objective: mean next-token loss over each text's own tokens, pads excluded."""
+    from hangpt.checkpoint import load_checkpoint
+    from hangpt.train.classify import SequenceClassifier, collate
+
+    gpt = load_checkpoint(tiny_checkpoint).model.eval()
+    clf = SequenceClassifier(gpt, 2)
+    seqs = [[5, 9, 13, 2, 7], [4, 8], [11]]
+    ids, lengths = collate(seqs, pad_id=0)
+    logits, lm = clf(ids, lengths, lm_loss=True)
+    torch.testing.assert_close(logits, clf(ids, lengths))
+    losses = []
+    for s in seqs:
+        out = gpt(torch.tensor([s])).logits[0]
+        losses += [torch.nn.functional.cross_entropy(out[i : i + 1], torch.tensor([s[i + 1]])) for i in range(len(s) - 1)]
+    torch.testing.assert_close(lm, torch.stack(losses).mean())
+
+
+def test_dropout_is_applied_while_training_and_recorded(tiny_checkpoint):
+    from hangpt.checkpoint import load_checkpoint
+
+    gpt = load_checkpoint(tiny_checkpoint).model
+    gpt.set_dropout(0.3)
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    gpt.train()
+    torch.manual_seed(0)
+    a = gpt(ids).logits
+    assert not torch.equal(a, gpt(ids).logits)  # random masks
+    gpt.eval()
+    assert torch.equal(gpt(ids).logits, gpt(ids).logits)
+    assert gpt.config.to_hf_dict()["resid_pdrop"] == 0.3

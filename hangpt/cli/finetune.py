@@ -142,12 +142,17 @@ def classify():
               help="TSV (NSMC: id, document, label; quoting off) or CSV with a header row.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the classifier to.")
 @_data_options
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Dropout while fine-tuning (GPT-1's value).")
+@click.option("--lm-coef", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Weight of GPT-1's auxiliary next-token loss on the texts (0 = off).")
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
-def classify_train(model, data, out, text_column, label_column, as_json, **opts):
+def classify_train(model, data, out, text_column, label_column, dropout, lm_coef, as_json, **opts):
     """Fine-tune GPT + a linear head on labeled texts (any number of labels, any label strings).
 
-    Defaults: 1 epoch, batch 32, lr 2e-4, --max-length 128, 5% held out."""
+    Defaults: 1 epoch, batch 32, lr 2e-4, --max-length 128, 5% held out; GPT-1's recipe of
+    dropout 0.1 and an auxiliary language-modelling loss weighted 0.5."""
     from ..data.classification import read_labeled_texts
     from ..train.classify import run_classify_train
 
@@ -158,7 +163,7 @@ def classify_train(model, data, out, text_column, label_column, as_json, **opts)
     cfg = train_config(out, opts, batch_size=32, lr=2e-4, default_epochs=1)
     val_fraction = 0.05 if opts["val_fraction"] is None else opts["val_fraction"]
     summary = run_classify_train(model, rows.texts, rows.labels, cfg, max_length=opts["max_length"] or 128,
-                                 val_fraction=val_fraction, log=log)
+                                 val_fraction=val_fraction, dropout=dropout, lm_coef=lm_coef, log=log)
     summary["skipped_empty"] = rows.skipped_empty
     if as_json:
         print_json({"out": out, **summary})

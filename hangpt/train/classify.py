@@ -31,12 +31,21 @@ class SequenceClassifier(nn.Module):
         self.score = nn.Linear(gpt.config.n_embd, num_labels, bias=False)
         nn.init.normal_(self.score.weight, std=0.02)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, lm_loss: bool = False):
         """Logits (B, num_labels) from right-padded ids; the causal mask alone keeps pads (after the
-        last real token) out of every real position, so no padding mask is needed."""
+        last real token) out of every real position, so no padding mask is needed.
+
+        lm_loss=True also returns the next-token loss over the real tokens: GPT-1's auxiliary
+        language-modelling objective, which regularises fine-tuning on a small model."""
         hidden = self.gpt(ids, return_logits=False).logits
         last = hidden[torch.arange(ids.shape[0], device=ids.device), lengths - 1]
-        return self.score(last)
+        logits = self.score(last)
+        if not lm_loss:
+            return logits
+        real = torch.arange(ids.shape[1] - 1, device=ids.device)[None, :] < (lengths - 1)[:, None]
+        lm_logits = self.gpt.lm_head(hidden[:, :-1][real])
+        lm = F.cross_entropy(lm_logits.float(), ids[:, 1:][real]) if real.any() else lm_logits.sum() * 0.0
+        return logits, lm
 
 
 @dataclass
@@ -130,8 +139,11 @@ def save_classifier(out: Path, clf: SequenceClassifier, tokenizer, labels: list[
 
 def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str], cfg: TrainConfig, *,
                        max_length: int = 128, val_fraction: float = 0.05, eval_batch_size: int = 128,
-                       log=print) -> dict:
-    """Train GPT + head on (text, label) pairs and save to cfg.out; returns the training summary."""
+                       dropout: float | None = None, lm_coef: float = 0.0, log=print) -> dict:
+    """Train GPT + head on (text, label) pairs and save to cfg.out; returns the training summary.
+
+    dropout (None keeps the model's) and lm_coef (weight of the auxiliary next-token loss) are
+    GPT-1's fine-tuning recipe: 0.1 and 0.5 in the paper."""
     seed_everything(cfg.seed)
     state = resume_state(cfg)
     if state is not None:
@@ -145,6 +157,8 @@ def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str
         if head is not None and ckpt.meta.get("head", {}).get("labels") == label_set:
             clf.model.score.weight.data.copy_(head)  # continue training an existing classifier
         base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
+    if dropout is not None:
+        clf.model.gpt.set_dropout(dropout)
     if len(clf.labels) < 2:
         raise InputError(f"classification needs at least two labels; the data has only {clf.labels}")
     tokenizer, pad_id = clf.tokenizer, clf.tokenizer.pad_id
@@ -154,7 +168,8 @@ def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str
         log(f"{truncated} texts were longer than --max-length {max_length} and were cut to their first tokens")
     examples = list(zip(seqs, label_indices(labels, clf.labels, "training data")))
     train, val = holdout_split(examples, val_fraction, cfg.seed)
-    cfg.extra.update(max_length=max_length, train_examples=len(train), val_examples=len(val), truncated=truncated)
+    cfg.extra.update(max_length=max_length, train_examples=len(train), val_examples=len(val), truncated=truncated,
+                     dropout=clf.model.gpt.config.resid_pdrop, lm_coef=lm_coef)
     model = clf.model.to(device())
     dev = device()
 
@@ -164,9 +179,16 @@ def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str
 
     def loss_fn(m, batch):
         ids, lengths, y = (t.to(dev) for t in batch)
-        logits = m(ids, lengths)
+        if lm_coef:
+            logits, lm = m(ids, lengths, lm_loss=True)
+        else:
+            logits, lm = m(ids, lengths), None
         loss = F.cross_entropy(logits.float(), y)
-        return loss, {"tokens": int(lengths.sum()), "acc": (logits.argmax(-1) == y).float().mean().item()}
+        metrics = {"tokens": int(lengths.sum()), "acc": (logits.argmax(-1) == y).float().mean().item()}
+        if lm is not None:
+            metrics.update(class_loss=loss.item(), lm_loss=lm.item())
+            loss = loss + lm_coef * lm
+        return loss, metrics
 
     def eval_fn(m):
         r = evaluate(m, [s for s, _ in val], [y for _, y in val], pad_id, eval_batch_size)
