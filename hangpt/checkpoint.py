@@ -25,8 +25,6 @@ from .errors import InputError
 from .model import GPT, GPTConfig
 from .tokenizer import Tokenizer
 
-# Our Linear weights are (out, in); GPT-2's Conv1D stores (in, out).
-_CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers old GPT-2 checkpoints carry (the causal mask); recomputed here, never loaded.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 _TRAIN_STATE = "train_state.pt"
@@ -234,10 +232,7 @@ def _to_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
     for name, t in model.state_dict().items():
         if name == "lm_head.weight":
             continue
-        t = t.detach().to(torch.float32)
-        if name.endswith(_CONV1D_SUFFIXES):
-            t = t.t()
-        out[name] = t.contiguous().clone()
+        out[name] = t.detach().to(torch.float32).contiguous().clone()
     return out
 
 
@@ -252,8 +247,6 @@ def _load_gpt2_state(model: GPT, state: dict[str, torch.Tensor], path: Path) -> 
         if key not in own:
             extra[name] = t
             continue
-        if key.endswith(_CONV1D_SUFFIXES):
-            t = t.t()
         if t.shape != own[key].shape:
             raise InputError(f"{path}: tensor {name} has shape {tuple(t.shape)}, config.json implies "
                              f"{tuple(own[key].shape)}")
