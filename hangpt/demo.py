@@ -143,7 +143,8 @@ class Demo:
         from .train.sft import run_sft
 
         self._stage("sft", f"chatbot fine-tuning on {len(conversations)} Q/A pairs ({self.data.qa.name})")
-        cfg = self._train_config("sft", batch_size=16, lr=5e-4)
+        # a few hundred pairs: past ~6 epochs the validation answer loss rises again (memorising)
+        cfg = self._train_config("sft", batch_size=16, lr=5e-4, epochs=6)
         summary = run_sft(self.out / "pretrain", conversations, cfg, template_name="default", max_length=128,
                           val_fraction=0.1, log=self.log)
         self.result.figures["sft_val_answer_loss"] = summary["final"].get("val_loss")
