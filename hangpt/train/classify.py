@@ -19,6 +19,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import InputError
 from ..model import GPT
 from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
+from .losses import next_token_loss
 from .sft import holdout_split
 
 HEAD = "score.weight"
@@ -43,9 +44,9 @@ class SequenceClassifier(nn.Module):
         if not lm_loss:
             return logits
         real = torch.arange(ids.shape[1] - 1, device=ids.device)[None, :] < (lengths - 1)[:, None]
-        lm_logits = self.gpt.lm_head(hidden[:, :-1][real])
-        lm = F.cross_entropy(lm_logits.float(), ids[:, 1:][real]) if real.any() else lm_logits.sum() * 0.0
-        return logits, lm
+        if not real.any():  # one-token texts only: nothing to predict
+            return logits, hidden.sum() * 0.0
+        return logits, next_token_loss(self.gpt.lm_head, hidden, ids, real)
 
 
 @dataclass

@@ -232,11 +232,17 @@ class ResumableRun:
             raise InputError(f"interrupted at step {self.step}; checkpoint saved in {self.cfg.out} "
                              f"(continue with --resume)")
 
-    def stopped_at_once(self, bar) -> InputError:
-        """A second Ctrl-C: nothing is saved mid-step (it could not resume exactly)."""
+    def run_steps(self, loop: Callable[["StepBoundaryStop"], None], bar) -> None:
+        """Run the step loop with Ctrl-C deferred to the next step boundary (see StepBoundaryStop).
+        A second Ctrl-C stops at once: nothing is saved mid-step, since that could not resume exactly."""
+        with StepBoundaryStop() as stop:
+            try:
+                loop(stop)
+            except KeyboardInterrupt:
+                bar.close()
+                raise InputError(f"stopped during step {self.step + 1} without saving; {self.cfg.out} holds the "
+                                 f"last periodic checkpoint, if any (continue with --resume)") from None
         bar.close()
-        return InputError(f"stopped during step {self.step + 1} without saving; {self.cfg.out} holds the last "
-                          f"periodic checkpoint, if any (continue with --resume)")
 
 
     def run_summary(self, settings: dict) -> dict:
@@ -346,19 +352,14 @@ class Trainer(ResumableRun):
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", dynamic_ncols=True,
                    disable=not self.cfg.progress or self.rank != 0)
-        window: list[dict] = []
-        with StepBoundaryStop() as stop:
-            try:
-                self._loop(model, bar, window, stop)
-            except KeyboardInterrupt:
-                raise self.stopped_at_once(bar) from None
-        bar.close()
+        self.run_steps(lambda stop: self._loop(model, bar, stop), bar)
         if self.eval_fn:
             self.history.append({"step": self.step, **self._evaluate()})
         self._save(final=True)
         return self.summary()
 
-    def _loop(self, model, bar, window: list[dict], stop: StepBoundaryStop) -> None:
+    def _loop(self, model, bar, stop: StepBoundaryStop) -> None:
+        window: list[dict] = []  # step metrics since the last log line
         while self.progress() < 1.0:
             t0 = time.perf_counter()
             lr = lr_at(self.progress(), self.cfg)

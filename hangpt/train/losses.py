@@ -32,6 +32,16 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 
+def next_token_loss(lm_head, hidden: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of ids[:, 1:] predicted from hidden[:, :-1] where keep (B, T-1) is True.
+
+    The vocabulary projection runs only at the kept positions, which skips most of the lm_head work
+    (prompts, padding) on a CPU."""
+    logits = lm_head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), ids[:, 1:][keep], reduction=reduction)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(tokens[b, t]) under logits[b, t] (logits already aligned with the tokens they predict)."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

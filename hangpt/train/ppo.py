@@ -221,12 +221,7 @@ class PPOTrainer(ResumableRun):
 
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="ppo", unit="step", dynamic_ncols=True,
                    disable=not self.cfg.progress)
-        with StepBoundaryStop() as stop:
-            try:
-                self._loop(bar, stop)
-            except KeyboardInterrupt:
-                raise self.stopped_at_once(bar) from None
-        bar.close()
+        self.run_steps(lambda stop: self._loop(bar, stop), bar)
         self._save(final=True)
         return self.summary()
 

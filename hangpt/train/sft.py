@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..templates import IGNORE_INDEX, ChatTemplate, get_template, prepare_tokenizer, template_for
 from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
+from .losses import next_token_loss
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
 
@@ -76,17 +76,11 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 def answer_loss(model, ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> tuple[torch.Tensor, int]:
-    """Cross-entropy of each answer token given everything before it; (loss, number of answer tokens).
-
-    The vocabulary projection is applied only at the positions that predict an answer token, which
-    skips most of the lm_head work (prompts and padding) on a CPU.
-    """
-    hidden = model(ids, return_logits=False).logits[:, :-1]
-    target = labels[:, 1:]
-    keep = target != IGNORE_INDEX
+    """Cross-entropy of each answer token given everything before it; (loss, number of answer tokens)."""
+    hidden = model(ids, return_logits=False).logits
+    keep = labels[:, 1:] != IGNORE_INDEX
     lm_head = getattr(model, "module", model).lm_head  # DDP wraps the model
-    logits = lm_head(hidden[keep])
-    return F.cross_entropy(logits.float(), target[keep], reduction=reduction), int(keep.sum())
+    return next_token_loss(lm_head, hidden, labels, keep, reduction), int(keep.sum())
 
 
 def validation_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> float:
