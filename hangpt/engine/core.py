@@ -16,6 +16,7 @@ import torch
 from ..errors import InputError
 from ..model import GPT, KVCache
 from .config import Completion, GenerationConfig, StreamEvent
+from .fast import FastDecoder, library, weight_key
 from .processors import Processor
 from .text import TextStream, ids_before
 
@@ -30,6 +31,7 @@ class Batch:
     positions: torch.Tensor | None  # (B, 1) position of each row's next token, None without padding
     length: int  # filled columns of seqs (= padded prompt length + generated)
     prompt_length: int
+    fast: FastDecoder | None = None  # the fused C step, bound to the weights, when available
 
     def select(self, index: torch.Tensor) -> None:
         self.cache.reorder(index)
@@ -61,22 +63,33 @@ class Engine:
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.vocab_size
         self._head, self._head_key = None, None
+        self._fast: FastDecoder | None = None
 
-    def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM head on the last hidden state of each row: (B, n_embd) -> float32 (B, V).
-
-        On a CPU the head weight is kept transposed and contiguous: MKL's GEMM for a few rows is
-        2-4x faster on that layout than on nn.Linear's (vocab 8192, 8 rows: 245 vs 612 us), and the
-        head is the biggest matmul of a decoding step. The copy is rebuilt whenever the weight
-        changes (PPO trains the model it generates with).
-        """
+    def head_matrix(self) -> torch.Tensor:
+        """The LM head weight transposed and contiguous, (n_embd, V), for a CPU: MKL's GEMM for a
+        few rows is 2-4x faster on that layout than on nn.Linear's (vocab 8192, 8 rows: 245 vs
+        612 us), and the head is the biggest matmul of a decoding step. The copy is rebuilt
+        whenever the weight changes (PPO trains the model it generates with)."""
         weight = self.model.lm_head.weight
-        if weight.device.type != "cpu":
-            return self.model.lm_head(hidden).float()
-        key = (weight.data_ptr(), weight._version)
+        key = weight_key(weight)
         if key != self._head_key:
             self._head, self._head_key = weight.detach().t().contiguous(), key
-        return (hidden @ self._head).float()
+        return self._head
+
+    def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on the last hidden state of each row: (B, n_embd) -> float32 (B, V)."""
+        if self.device.type != "cpu":
+            return self.model.lm_head(hidden).float()
+        return (hidden @ self.head_matrix()).float()
+
+    def fast_decoder(self) -> FastDecoder | None:
+        """The fused C decoding step, when this model can use it (float32 on a CPU, compiler found)."""
+        if not FastDecoder.supports(self.model):
+            return None
+        if self._fast is None:
+            self._fast = FastDecoder(self.model, library())
+        self._fast.bind(self.head_matrix())
+        return self._fast
 
     # -- public API ---------------------------------------------------------------------------
     def generate(self, prompts: list[str] | list[list[int]], config: GenerationConfig) -> list[list[Completion]]:
@@ -207,13 +220,19 @@ class Engine:
         else:
             hidden = model(inputs, cache=cache, return_logits=False).logits
         logits = self.next_token_logits(hidden[:, -1])
-        return Batch(cache, seqs, padding_mask, positions, P, P), logits
+        return Batch(cache, seqs, padding_mask, positions, P, P, self.fast_decoder()), logits
 
     @torch.inference_mode()
     def step(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
         """Append `tokens` (B,) to every row and return the next-token logits (B, V)."""
         batch.seqs[:, batch.length] = tokens
         batch.length += 1
+        if batch.fast is not None:
+            mask = batch.padding_mask[:, : batch.length] if batch.padding_mask is not None else None
+            logits = batch.fast.step(tokens, batch.cache, batch.positions, mask)
+            if batch.positions is not None:
+                batch.positions += 1
+            return logits
         if batch.padding_mask is None:
             hidden = self.model(tokens.unsqueeze(1), cache=batch.cache, return_logits=False).logits
         else:

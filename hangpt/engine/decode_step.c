@@ -1,0 +1,202 @@
+/* One GPT-2 decoding step for a batch of rows, fused in C: the CPU fast path of the engine.
+ *
+ * Why: a decoding step of a small model feeds one token per row through the network, so each of
+ * its ~100 tensor operations works on a few hundred floats, and in PyTorch each costs a dispatch
+ * (5-15 us on a small VM) that dwarfs the arithmetic. Here the whole step runs in one OpenMP
+ * parallel region (the same runtime torch uses, so torch.set_num_threads applies): the threads
+ * split every matrix product by output columns and the attention by (row, head), and meet at a
+ * barrier between stages. The math is exactly model.py's (pre-LayerNorm blocks, GELU-tanh MLP,
+ * learned positions); hangpt/engine/fast.py compiles this file, and tests check it against the
+ * PyTorch forward.
+ *
+ * Layouts: weights as in GPT-2 checkpoints, Conv1D (in, out) row-major; the LM head as its
+ * transposed copy (n_embd, vocab); the KV cache (n_layer, B, n_head, max_len, head_dim).
+ */
+#include <math.h>
+#include <string.h>
+#include <omp.h>
+
+enum { LN1_W, LN1_B, ATTN_W, ATTN_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FC2_W, FC2_B, PER_LAYER };
+
+/* This thread's share [*lo, *hi) of n items, in multiples of `grain`. */
+static void share(int n, int grain, int *lo, int *hi) {
+    int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    int per = ((n + nt - 1) / nt + grain - 1) / grain * grain;
+    *lo = t * per < n ? t * per : n;
+    *hi = *lo + per < n ? *lo + per : n;
+}
+
+/* p[b, o] += sum over rows i in [i0, i1) of x[b, i] W[i, o], for one row of x: eight rows of W
+ * at a time, so p is read and written once per eight rows of W. */
+static void rows_one(const float *restrict x, const float *restrict W, float *restrict p, int out, int i0, int i1,
+                     int ob, int oe) {
+    int i = i0;
+    for (; i + 8 <= i1; i += 8) {
+        const float *w = W + (size_t)i * out;
+        float x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3], x4 = x[i + 4], x5 = x[i + 5], x6 = x[i + 6],
+              x7 = x[i + 7];
+#pragma omp simd
+        for (int o = ob; o < oe; o++)
+            p[o] += x0 * w[o] + x1 * w[out + o] + x2 * w[2 * out + o] + x3 * w[3 * out + o] + x4 * w[4 * out + o]
+                  + x5 * w[5 * out + o] + x6 * w[6 * out + o] + x7 * w[7 * out + o];
+    }
+    for (; i < i1; i++) {
+        const float *w = W + (size_t)i * out;
+        float xi = x[i];
+#pragma omp simd
+        for (int o = ob; o < oe; o++) p[o] += xi * w[o];
+    }
+}
+
+/* The same for four rows of x at once: each vector of W loaded feeds all four (beams, batches). */
+static void rows_four(const float *restrict x, int in, const float *restrict W, float *restrict p, int out, int i0,
+                      int i1, int ob, int oe) {
+    float *restrict p0 = p, *restrict p1 = p + out, *restrict p2 = p + 2 * (size_t)out, *restrict p3 = p + 3 * (size_t)out;
+    int i = i0;
+    for (; i + 4 <= i1; i += 4) {
+        const float *w = W + (size_t)i * out;
+        const float *a = x + i, *b = x + in + i, *c = x + 2 * (size_t)in + i, *d = x + 3 * (size_t)in + i;
+#pragma omp simd
+        for (int o = ob; o < oe; o++) {
+            float w0 = w[o], w1 = w[out + o], w2 = w[2 * out + o], w3 = w[3 * out + o];
+            p0[o] += a[0] * w0 + a[1] * w1 + a[2] * w2 + a[3] * w3;
+            p1[o] += b[0] * w0 + b[1] * w1 + b[2] * w2 + b[3] * w3;
+            p2[o] += c[0] * w0 + c[1] * w1 + c[2] * w2 + c[3] * w3;
+            p3[o] += d[0] * w0 + d[1] * w1 + d[2] * w2 + d[3] * w3;
+        }
+    }
+    for (int r = 0; r < 4; r++) rows_one(x + (size_t)r * in, W, p + (size_t)r * out, out, i, i1, ob, oe);
+}
+
+/* y (B, out) = [y +] x (B, in) @ W (in, out) [+ bias], called by every thread of the team.
+ * Each thread streams its own contiguous band of W's rows (one sequential read per thread is
+ * what memory bandwidth rewards) into its partial sums, in blocks of columns that stay in L1;
+ * after a barrier the threads add the partials up, each for its share of the columns. The order
+ * of the additions depends only on the thread count, so results are repeatable. */
+static void matmul(const float *restrict x, const float *restrict W, const float *restrict bias, float *restrict y,
+                   int B, int in, int out, int accumulate, float *restrict partial) {
+    int i0, i1, o0, o1, nt = omp_get_num_threads();
+    share(in, 8, &i0, &i1);
+    float *mine = partial + (size_t)omp_get_thread_num() * B * out;
+    memset(mine, 0, (size_t)B * out * sizeof(float));
+    const int block = 1024;
+    for (int ob = 0; ob < out; ob += block) {
+        int oe = ob + block < out ? ob + block : out, b = 0;
+        for (; b + 4 <= B; b += 4)
+            rows_four(x + (size_t)b * in, in, W, mine + (size_t)b * out, out, i0, i1, ob, oe);
+        for (; b < B; b++) rows_one(x + (size_t)b * in, W, mine + (size_t)b * out, out, i0, i1, ob, oe);
+    }
+#pragma omp barrier
+    share(out, 16, &o0, &o1);
+    for (int b = 0; b < B; b++) {
+        float *yb = y + (size_t)b * out;
+        for (int o = o0; o < o1; o++) {
+            float sum = (accumulate ? yb[o] : 0.0f) + (bias ? bias[o] : 0.0f);
+            for (int k = 0; k < nt; k++) sum += partial[((size_t)k * B + b) * out + o];
+            yb[o] = sum;
+        }
+    }
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, float *y, int C, float eps) {
+    float mean = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+ : mean)
+    for (int c = 0; c < C; c++) mean += x[c];
+    mean /= C;
+#pragma omp simd reduction(+ : var)
+    for (int c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+    float inv = 1.0f / sqrtf(var / C + eps);
+#pragma omp simd
+    for (int c = 0; c < C; c++) y[c] = (x[c] - mean) * inv * w[c] + b[c];
+}
+
+#pragma omp declare simd
+static float gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+/* dims: n_layer, n_head, n_embd, n_inner, B, max_len, past (filled cache positions), threads.
+ * weights: PER_LAYER pointers per layer, then ln_f weight, ln_f bias, wte, wpe, head (n_embd, vocab).
+ * tokens (B); positions (B) or NULL (then every row is at position `past`); keep (B rows of
+ * keep_stride bytes, 1 = a real key) or NULL (no padding). scratch: B * (6 n_embd + n_inner)
+ * + B * n_head * (past + 1) + threads * B * max(3 n_embd, n_inner, vocab) floats. Writes this step's keys/values at cache slot `past` and the
+ * next-token logits (B, vocab). */
+void hangpt_decode_step(const int *dims, int vocab, float eps, const float *const *weights,
+                        const long long *tokens, const long long *positions, const unsigned char *keep,
+                        long long keep_stride, float *kcache, float *vcache, float *logits, float *scratch) {
+    const int L = dims[0], H = dims[1], C = dims[2], F = dims[3], B = dims[4], T = dims[5], past = dims[6];
+    const int threads = dims[7];
+    const int D = C / H, keys = past + 1;
+    const float scale = 1.0f / sqrtf((float)D);
+    float *x = scratch, *h = x + B * C, *qkv = h + B * C, *att = qkv + 3 * B * C, *f = att + B * C;
+    float *probs = f + B * F, *partial = probs + B * H * keys;
+    const float *const *top = weights + L * PER_LAYER;
+
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for
+        for (int b = 0; b < B; b++) {
+            const float *te = top[2] + (size_t)tokens[b] * C;
+            const float *pe = top[3] + (size_t)(positions ? positions[b] : past) * C;
+            for (int c = 0; c < C; c++) x[b * C + c] = te[c] + pe[c];
+        }
+        for (int l = 0; l < L; l++) {
+            const float *const *w = weights + l * PER_LAYER;
+#pragma omp for
+            for (int b = 0; b < B; b++) layer_norm(x + b * C, w[LN1_W], w[LN1_B], h + b * C, C, eps);
+            matmul(h, w[ATTN_W], w[ATTN_B], qkv, B, C, 3 * C, 0, partial);
+#pragma omp barrier
+#pragma omp for
+            for (int bh = 0; bh < B * H; bh++) {
+                int b = bh / H, hd = bh % H;
+                size_t head_offset = (((size_t)l * B + b) * H + hd) * T * D;
+                float *kc = kcache + head_offset, *vc = vcache + head_offset;
+                const float *q = qkv + (size_t)b * 3 * C + hd * D;
+                memcpy(kc + (size_t)past * D, q + C, D * sizeof(float));
+                memcpy(vc + (size_t)past * D, q + 2 * C, D * sizeof(float));
+                float *p = probs + (size_t)bh * keys, best = -INFINITY;
+                for (int t = 0; t < keys; t++) {
+                    if (keep && t < past && !keep[b * keep_stride + t]) {
+                        p[t] = -INFINITY;  /* a pad key; the row's own new key is always kept */
+                        continue;
+                    }
+                    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+                    for (int d = 0; d < D; d++) s += q[d] * kc[(size_t)t * D + d];
+                    p[t] = s * scale;
+                    if (p[t] > best) best = p[t];
+                }
+                float sum = 0.0f;
+                for (int t = 0; t < keys; t++) sum += (p[t] = expf(p[t] - best));
+                float *y = att + (size_t)b * C + hd * D;
+                for (int d = 0; d < D; d++) y[d] = 0.0f;
+                for (int t = 0; t < keys; t++) {
+                    float pt = p[t] / sum;
+                    if (pt == 0.0f) continue;
+#pragma omp simd
+                    for (int d = 0; d < D; d++) y[d] += pt * vc[(size_t)t * D + d];
+                }
+            }
+            matmul(att, w[PROJ_W], w[PROJ_B], x, B, C, C, 1, partial);
+#pragma omp barrier
+#pragma omp for
+            for (int b = 0; b < B; b++) layer_norm(x + b * C, w[LN2_W], w[LN2_B], h + b * C, C, eps);
+            matmul(h, w[FC_W], w[FC_B], f, B, C, F, 0, partial);
+            {
+                int o0, o1;  /* GELU on this thread's own columns: no barrier needed before it */
+                share(F, 16, &o0, &o1);
+                for (int b = 0; b < B; b++) {
+                    float *fb = f + (size_t)b * F;
+#pragma omp simd
+                    for (int o = o0; o < o1; o++) fb[o] = gelu_tanh(fb[o]);
+                }
+            }
+#pragma omp barrier
+            matmul(f, w[FC2_W], w[FC2_B], x, B, F, C, 1, partial);
+#pragma omp barrier
+        }
+#pragma omp for
+        for (int b = 0; b < B; b++) layer_norm(x + b * C, top[0], top[1], h + b * C, C, eps);
+        matmul(h, top[4], 0, logits, B, C, vocab, 0, partial);
+    }
+}

@@ -1,0 +1,152 @@
+"""The CPU fast path of decoding: one step of every row fused in C (decode_step.c).
+
+The C file is compiled once per machine with the system's C compiler (`cc`, OpenMP) into the
+user's cache folder and loaded with ctypes; nothing is built at install time. Where that is not
+possible (no compiler, no OpenMP, not a CPU, not float32) the engine uses the PyTorch forward,
+which gives the same tokens (tests/test_fast_decode.py compares the two). Set
+HANGPT_FAST_DECODE=0 to always use PyTorch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..model import GPT, KVCache
+
+SOURCE = Path(__file__).with_name("decode_step.c")
+
+
+def cache_folder() -> Path:
+    root = os.environ.get("HANGPT_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "hangpt"
+
+
+def _cpu_signature() -> str:
+    """The compiled file uses this CPU's instruction set (-march=native): key it by the CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next((line for line in lines if line.startswith("flags")), "") + platform.machine()
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _compile(target: Path) -> None:
+    """Build the shared library atomically (temp file + rename), so parallel first uses never
+    load a half-written file."""
+    compiler = os.environ.get("CC", "cc")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        base = [compiler, "-O3", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(out), "-lm"]
+        for flags in (["-march=native"], []):
+            result = subprocess.run(base[:1] + flags + base[1:], capture_output=True, text=True)
+            if result.returncode == 0:
+                os.replace(out, target)
+                return
+        raise OSError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled decode step, or None where it cannot be built (the engine then uses PyTorch)."""
+    if os.environ.get("HANGPT_FAST_DECODE", "1") == "0" or sys.platform == "win32":
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + _cpu_signature().encode() + torch.__version__.encode())
+    target = cache_folder() / f"decode_step-{key.hexdigest()[:16]}.so"
+    try:
+        if not target.exists():
+            _compile(target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, FileNotFoundError) as exc:
+        warnings.warn(f"fast CPU decoding unavailable ({exc}); using the PyTorch forward", stacklevel=2)
+        return None
+    lib.hangpt_decode_step.restype = None
+    lib.hangpt_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_float] + [ctypes.c_void_p] * 4 + [
+        ctypes.c_longlong] + [ctypes.c_void_p] * 4
+    return lib
+
+
+def weight_key(t: torch.Tensor) -> tuple[int, int]:
+    """Changes whenever the tensor's storage or contents change (inference tensors cannot change
+    outside inference mode and carry no version counter)."""
+    return t.data_ptr(), (0 if t.is_inference() else t._version)
+
+
+class FastDecoder:
+    """Runs `GPT.forward` for one new token per row with a KVCache, in one C call.
+
+    `bind` reads the weight pointers once per generation (PPO trains the model between
+    generations; a changed tensor is noticed by its version counter), so a step costs one C call
+    plus a few Python operations.
+    """
+
+    LAYER_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                    "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                    "mlp.c_proj.weight", "mlp.c_proj.bias")
+
+    def __init__(self, model: GPT, lib: ctypes.CDLL):
+        self.model, self.lib = model, lib
+        self._key = None
+        self._scratch = torch.empty(0)
+
+    @staticmethod
+    def supports(model: GPT) -> bool:
+        p = model.lm_head.weight
+        return p.device.type == "cpu" and p.dtype == torch.float32 and library() is not None
+
+    def bind(self, head: torch.Tensor) -> None:
+        """Take the current weights; head is the LM head as (n_embd, vocab), contiguous."""
+        tr = self.model.transformer
+        per_layer = [dict(block.named_parameters()) for block in tr.h]
+        params = [p[name] for p in per_layer for name in self.LAYER_PARAMS] + [
+            tr.ln_f.weight, tr.ln_f.bias, tr.wte.weight, tr.wpe.weight, head]
+        key = [weight_key(t) for t in params]
+        if key != self._key:
+            self._weights = [t.detach().contiguous() for t in params]  # kept alive while C reads them
+            self._pointers = (ctypes.c_void_p * len(params))(*[t.data_ptr() for t in self._weights])
+            self._key = key
+
+    def step(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None,
+             padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """tokens (B,) long; positions (B, 1) long or None; padding_mask (B, >= past+1) bool or
+        None. Appends to the cache and returns the next-token logits (B, vocab)."""
+        cfg = self.model.config
+        B, past = tokens.shape[0], cache.length
+        if past + 1 > cfg.n_positions:
+            from ..errors import InputError
+
+            raise InputError(f"sequence of {past + 1} tokens is longer than the model's context ({cfg.n_positions})")
+        k, v = cache.k, cache.v
+        if not (k.is_contiguous() and v.is_contiguous()):
+            cache.k, cache.v = k, v = k.contiguous(), v.contiguous()
+        threads = torch.get_num_threads()
+        widest = max(3 * cfg.n_embd, cfg.mlp_width, cfg.vocab_size)
+        need = B * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * (past + 1) + threads * widest)
+        if self._scratch.numel() < need:
+            self._scratch = torch.empty(need + B * cfg.n_head * 256)  # room for the next 256 steps
+        logits = torch.empty(B, cfg.vocab_size)
+        tokens = tokens.contiguous()
+        if positions is not None:
+            positions = positions.contiguous()
+        if padding_mask is not None and padding_mask.stride(1) != 1:
+            padding_mask = padding_mask.contiguous()
+        self.lib.hangpt_decode_step(
+            (ctypes.c_int * 8)(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.mlp_width, B, k.shape[3], past, threads),
+            cfg.vocab_size, cfg.layer_norm_epsilon, self._pointers, tokens.data_ptr(),
+            None if positions is None else positions.data_ptr(),
+            None if padding_mask is None else padding_mask.data_ptr(),
+            0 if padding_mask is None else padding_mask.stride(0),
+            k.data_ptr(), v.data_ptr(), logits.data_ptr(), self._scratch.data_ptr())
+        cache.length = past + 1
+        return logits
