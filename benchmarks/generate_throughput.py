@@ -1,11 +1,11 @@
 """Generation speed: hangpt's engine vs `transformers.generate` on the same weights, same run.
 
-    python benchmarks/generate_throughput.py [--repeats 5] [--quick]
+    python benchmarks/generate_throughput.py [--repeats 9] [--quick]
 
 Random weights (no download): the tiny preset (4 layers, 256 wide, vocab 8192) and the GPT-2
 small shape (124M). No eos, so every run decodes exactly max_new_tokens per sequence. Prints a
 table and, last, `RESULT generate ...` with the speed ratios (hangpt tokens/s over transformers'),
-medians of several repeats after a warm-up.
+medians of several alternating repeats after a warm-up.
 """
 
 from __future__ import annotations
@@ -37,14 +37,23 @@ def build(folder: Path, n_layer: int, n_embd: int, n_head: int, vocab: int, n_po
     return hf, ckpt
 
 
+def once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(once(fn) for _ in range(repeats))
+
+
+def timed_pair(ours, theirs, repeats: int) -> tuple[float, float]:
+    """Medians of the two, run alternately: this VM's speed drifts by 2x over minutes (other
+    tenants), and alternating keeps the drift out of the ratio."""
+    ours(), theirs()  # warm-up
+    pairs = [(once(ours), once(theirs)) for _ in range(repeats)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 def run_case(name, hf, engine, prompts, new_tokens, repeats, **kwargs):
@@ -66,8 +75,7 @@ def run_case(name, hf, engine, prompts, new_tokens, repeats, **kwargs):
         assert out.shape[1] == L + new_tokens
 
     tokens = len(prompts) * new_tokens
-    t_ours = timed(ours, repeats)
-    t_theirs = timed(theirs, repeats)
+    t_ours, t_theirs = timed_pair(ours, theirs, repeats)
     row = (name, tokens / t_ours, tokens / t_theirs, t_theirs / t_ours)
     print(f"{row[0]:<16} {row[1]:>12.1f} {row[2]:>16.1f} {row[3]:>8.2f}x", flush=True)
     return row[3], row[2]
@@ -94,7 +102,7 @@ def matmul_floor_ms(model, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="Fewer tokens (a smoke run).")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, one per core; 1 is steadier on a busy machine).")

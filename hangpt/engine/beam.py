@@ -71,47 +71,65 @@ def _beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> 
             top_lp, top_idx = torch.topk(log_probs, keep)
         top_beam = top_idx // V
         top_ids = top_idx % V
-        top_seqs = torch.take_along_dim(running, top_beam[..., None], dim=1)
-        top_seqs[:, :, cur] = top_ids
-        hits = torch.isin(top_ids, eos) if len(eos) else torch.zeros_like(top_ids, dtype=torch.bool)
-        if cur + 1 >= max_len:
-            hits = torch.ones_like(hits)
+        last = cur + 1 >= max_len
+        hits = None
+        if last:
+            hits = torch.ones_like(top_ids, dtype=torch.bool)
+        elif len(eos):
+            hits = torch.isin(top_ids, eos)
+            hits = hits if bool(hits.any()) else None
 
-        # the best num_beams continuations that did not end keep running
-        running_lp = top_lp + hits.to(torch.float32) * BIG
-        nxt = torch.topk(running_lp, nb)[1]
-        running = torch.take_along_dim(top_seqs, nxt[..., None], dim=1)
-        running_scores = torch.take_along_dim(running_lp, nxt, dim=1)
-        beam_idx = (torch.take_along_dim(top_beam, nxt, dim=1) + offset).view(-1)
+        if hits is None:
+            # nothing ended (the usual step): the best num_beams continuations simply run on, and
+            # the finished list cannot change (the branch below would only rank -1e9 scores)
+            if proc.any_sample:  # sampled candidates come unordered: keep the best num_beams
+                nxt = torch.topk(top_lp, nb)[1]
+                top_lp, top_beam, top_ids = (torch.take_along_dim(t, nxt, dim=1) for t in (top_lp, top_beam, top_ids))
+            running = torch.take_along_dim(running, top_beam[:, :nb, None], dim=1)
+            running[:, :, cur] = top_ids[:, :nb]
+            running_scores = top_lp[:, :nb]
+            beam_idx = (top_beam[:, :nb] + offset).view(-1)
+        else:
+            top_seqs = torch.take_along_dim(running, top_beam[..., None], dim=1)
+            top_seqs[:, :, cur] = top_ids
+            # the best num_beams continuations that did not end keep running
+            running_lp = top_lp + hits.to(torch.float32) * BIG
+            nxt = torch.topk(running_lp, nb)[1]
+            running = torch.take_along_dim(top_seqs, nxt[..., None], dim=1)
+            running_scores = torch.take_along_dim(running_lp, nxt, dim=1)
+            beam_idx = (torch.take_along_dim(top_beam, nxt, dim=1) + offset).view(-1)
 
-        # those that ended among the top num_beams compete for the finished list
-        just_finished = hits & top_mask[None, :]
-        fin_lp = top_lp / ((cur + 1 - P) ** config.length_penalty)
-        full = torch.all(is_finished, dim=-1, keepdim=True) & (config.early_stopping is True)
-        fin_lp += full.to(torch.float32) * BIG
-        fin_lp += (~may_improve).to(torch.float32) * BIG
-        fin_lp += (~just_finished) * BIG
-        merged_scores = torch.cat((finished_scores, fin_lp), dim=1)
-        best = torch.topk(merged_scores, nb)[1]
-        finished = torch.take_along_dim(torch.cat((finished, top_seqs), dim=1), best[..., None], dim=1)
-        finished_scores = torch.take_along_dim(merged_scores, best, dim=1)
-        lengths = torch.full_like(top_ids, cur + 1 - P)
-        finished_lengths = torch.take_along_dim(torch.cat((finished_lengths, lengths), dim=1), best, dim=1)
-        is_finished = torch.take_along_dim(torch.cat((is_finished, just_finished), dim=1), best, dim=1)
+            # those that ended among the top num_beams compete for the finished list
+            just_finished = hits & top_mask[None, :]
+            fin_lp = top_lp / ((cur + 1 - P) ** config.length_penalty)
+            full = torch.all(is_finished, dim=-1, keepdim=True) & (config.early_stopping is True)
+            fin_lp += full.to(torch.float32) * BIG
+            fin_lp += (~may_improve).to(torch.float32) * BIG
+            fin_lp += (~just_finished) * BIG
+            merged_scores = torch.cat((finished_scores, fin_lp), dim=1)
+            best = torch.topk(merged_scores, nb)[1]
+            finished = torch.take_along_dim(torch.cat((finished, top_seqs), dim=1), best[..., None], dim=1)
+            finished_scores = torch.take_along_dim(merged_scores, best, dim=1)
+            lengths = torch.full_like(top_ids, cur + 1 - P)
+            finished_lengths = torch.take_along_dim(torch.cat((finished_lengths, lengths), dim=1), best, dim=1)
+            is_finished = torch.take_along_dim(torch.cat((is_finished, just_finished), dim=1), best, dim=1)
 
         cur += 1
-        if config.early_stopping == "never" and config.length_penalty > 0.0:
-            best_length = max_len - P
-        else:
-            best_length = cur - P
-        best_running = running_scores[:, :1] / (best_length ** config.length_penalty)
-        worst_finished = torch.where(is_finished, torch.min(finished_scores, dim=1, keepdim=True)[0], BIG)
-        may_improve = may_improve & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
-        all_done = bool(torch.all(is_finished)) and config.early_stopping is True
-        if not bool(may_improve.any()) or all_done or bool(hits.all()):
+        if last or (hits is not None and bool(hits.all())):
             break
+        if bool(is_finished.any()):  # with nothing finished yet, every prompt may still improve
+            if config.early_stopping == "never" and config.length_penalty > 0.0:
+                best_length = max_len - P
+            else:
+                best_length = cur - P
+            best_running = running_scores[:, :1] / (best_length ** config.length_penalty)
+            worst_finished = torch.where(is_finished, torch.min(finished_scores, dim=1, keepdim=True)[0], BIG)
+            may_improve = may_improve & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
+            all_done = bool(torch.all(is_finished)) and config.early_stopping is True
+            if not bool(may_improve.any()) or all_done:
+                break
 
-        batch.select(beam_idx)
+        batch.select(beam_idx, seqs=False)  # beam search keeps its own sequences in `running`
         batch.length = cur - 1
         logits = engine.step(batch, running.view(B * nb, -1)[:, cur - 1])  # rows share one config: proc stays
 

@@ -32,10 +32,12 @@ class Batch:
     length: int  # filled columns of seqs (= padded prompt length + generated)
     prompt_length: int
     fast: FastDecoder | None = None  # the fused C step, bound to the weights, when available
+    argmax: torch.Tensor | None = None  # the last step's greedy tokens, when the C step gave them
 
-    def select(self, index: torch.Tensor) -> None:
+    def select(self, index: torch.Tensor, seqs: bool = True) -> None:
         self.cache.reorder(index)
-        self.seqs = self.seqs.index_select(0, index)
+        if seqs:
+            self.seqs = self.seqs.index_select(0, index)
         if self.padding_mask is not None:
             self.padding_mask = self.padding_mask.index_select(0, index)
             self.positions = self.positions.index_select(0, index)
@@ -57,7 +59,10 @@ class _Row:
 class Engine:
     """Generation over a loaded GPT + tokenizer; the CLI, chat, server and RLHF all use it."""
 
-    def __init__(self, model: GPT, tokenizer):
+    def __init__(self, model: GPT, tokenizer, fast_decode: bool = True):
+        """fast_decode=False always decodes with the PyTorch forward instead of the fused C step
+        (the two give the same tokens; the switch is there to compare them)."""
+        self.fast_decode = fast_decode
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -84,7 +89,7 @@ class Engine:
 
     def fast_decoder(self) -> FastDecoder | None:
         """The fused C decoding step, when this model can use it (float32 on a CPU, compiler found)."""
-        if not FastDecoder.supports(self.model):
+        if not (self.fast_decode and FastDecoder.supports(self.model)):
             return None
         if self._fast is None:
             self._fast = FastDecoder(self.model, library())
@@ -229,7 +234,7 @@ class Engine:
         batch.length += 1
         if batch.fast is not None:
             mask = batch.padding_mask[:, : batch.length] if batch.padding_mask is not None else None
-            logits = batch.fast.step(tokens, batch.cache, batch.positions, mask)
+            logits, batch.argmax = batch.fast.step(tokens, batch.cache, batch.positions, mask)
             if batch.positions is not None:
                 batch.positions += 1
             return logits
@@ -315,7 +320,8 @@ class Engine:
     def _choose(self, logits, batch: Batch, proc: Processor, rows: list[_Row], want_logprobs: bool):
         """Next token of every row: penalties, then argmax or a sample from the warped distribution."""
         scores = proc.penalize(logits, batch.seqs[:, : batch.length], batch.prompt_length)
-        tokens = scores.argmax(dim=-1)
+        unchanged = scores is logits and batch.argmax is not None and len(batch.argmax) == len(logits)
+        tokens = batch.argmax if unchanged else scores.argmax(dim=-1)
         if proc.any_sample:
             values, ids = proc.candidates(scores)
             probs = values.softmax(dim=-1)

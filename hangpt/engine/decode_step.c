@@ -58,11 +58,15 @@ static void rows_four(const float *restrict x, int in, const float *restrict W, 
         const float *a = x + i, *b = x + in + i, *c = x + 2 * (size_t)in + i, *d = x + 3 * (size_t)in + i;
 #pragma omp simd
         for (int o = ob; o < oe; o++) {
-            float w0 = w[o], w1 = w[out + o], w2 = w[2 * out + o], w3 = w[3 * out + o];
-            p0[o] += a[0] * w0 + a[1] * w1 + a[2] * w2 + a[3] * w3;
-            p1[o] += b[0] * w0 + b[1] * w1 + b[2] * w2 + b[3] * w3;
-            p2[o] += c[0] * w0 + c[1] * w1 + c[2] * w2 + c[3] * w3;
-            p3[o] += d[0] * w0 + d[1] * w1 + d[2] * w2 + d[3] * w3;
+            float s0 = p0[o], s1 = p1[o], s2 = p2[o], s3 = p3[o];
+            for (int j = 0; j < 4; j++) {
+                float wj = w[j * out + o];
+                s0 += a[j] * wj;
+                s1 += b[j] * wj;
+                s2 += c[j] * wj;
+                s3 += d[j] * wj;
+            }
+            p0[o] = s0, p1[o] = s1, p2[o] = s2, p3[o] = s3;
         }
     }
     for (int r = 0; r < 4; r++) rows_one(x + (size_t)r * in, W, p + (size_t)r * out, out, i, i1, ob, oe);
@@ -118,12 +122,13 @@ static float gelu_tanh(float x) {
 /* dims: n_layer, n_head, n_embd, n_inner, B, max_len, past (filled cache positions), threads.
  * weights: PER_LAYER pointers per layer, then ln_f weight, ln_f bias, wte, wpe, head (n_embd, vocab).
  * tokens (B); positions (B) or NULL (then every row is at position `past`); keep (B rows of
- * keep_stride bytes, 1 = a real key) or NULL (no padding). scratch: B * (6 n_embd + n_inner)
+ * keep_stride bytes, 1 = a real key) or NULL (no padding). argmax (B) receives each row's greedy token. scratch: B * (6 n_embd + n_inner)
  * + B * n_head * (past + 1) + threads * B * max(3 n_embd, n_inner, vocab) floats. Writes this step's keys/values at cache slot `past` and the
  * next-token logits (B, vocab). */
 void hangpt_decode_step(const int *dims, int vocab, float eps, const float *const *weights,
                         const long long *tokens, const long long *positions, const unsigned char *keep,
-                        long long keep_stride, float *kcache, float *vcache, float *logits, float *scratch) {
+                        long long keep_stride, float *kcache, float *vcache, float *logits, long long *argmax,
+                        float *scratch) {
     const int L = dims[0], H = dims[1], C = dims[2], F = dims[3], B = dims[4], T = dims[5], past = dims[6];
     const int threads = dims[7];
     const int D = C / H, keys = past + 1;
@@ -198,5 +203,14 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
 #pragma omp for
         for (int b = 0; b < B; b++) layer_norm(x + b * C, top[0], top[1], h + b * C, C, eps);
         matmul(h, top[4], 0, logits, B, C, vocab, 0, partial);
+#pragma omp barrier
+#pragma omp for
+        for (int b = 0; b < B; b++) {  /* the greedy choice, first index of the maximum as torch.argmax */
+            const float *row = logits + (size_t)b * vocab;
+            int best = 0;
+            for (int o = 1; o < vocab; o++)
+                if (row[o] > row[best]) best = o;
+            argmax[b] = best;
+        }
     }
 }

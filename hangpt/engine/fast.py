@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -28,8 +29,10 @@ SOURCE = Path(__file__).with_name("decode_step.c")
 
 
 def cache_folder() -> Path:
-    root = os.environ.get("HANGPT_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "hangpt"
+    """Where the compiled step is kept: $HANGPT_CACHE, else $XDG_CACHE_HOME/hangpt or ~/.cache/hangpt."""
+    if os.environ.get("HANGPT_CACHE"):
+        return Path(os.environ["HANGPT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hangpt"
 
 
 def _cpu_signature() -> str:
@@ -73,7 +76,7 @@ def library() -> ctypes.CDLL | None:
         return None
     lib.hangpt_decode_step.restype = None
     lib.hangpt_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_float] + [ctypes.c_void_p] * 4 + [
-        ctypes.c_longlong] + [ctypes.c_void_p] * 4
+        ctypes.c_longlong] + [ctypes.c_void_p] * 5
     return lib
 
 
@@ -98,7 +101,7 @@ class FastDecoder:
     def __init__(self, model: GPT, lib: ctypes.CDLL):
         self.model, self.lib = model, lib
         self._key = None
-        self._scratch = torch.empty(0)
+        self._local = threading.local()  # scratch memory per thread (the server may decode in several)
 
     @staticmethod
     def supports(model: GPT) -> bool:
@@ -118,9 +121,10 @@ class FastDecoder:
             self._key = key
 
     def step(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None,
-             padding_mask: torch.Tensor | None) -> torch.Tensor:
+             padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B,) long; positions (B, 1) long or None; padding_mask (B, >= past+1) bool or
-        None. Appends to the cache and returns the next-token logits (B, vocab)."""
+        None. Appends to the cache and returns the next-token logits (B, vocab) and their argmax
+        (B,), the greedy tokens, computed in the same call."""
         cfg = self.model.config
         B, past = tokens.shape[0], cache.length
         if past + 1 > cfg.n_positions:
@@ -133,9 +137,11 @@ class FastDecoder:
         threads = torch.get_num_threads()
         widest = max(3 * cfg.n_embd, cfg.mlp_width, cfg.vocab_size)
         need = B * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * (past + 1) + threads * widest)
-        if self._scratch.numel() < need:
-            self._scratch = torch.empty(need + B * cfg.n_head * 256)  # room for the next 256 steps
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None or scratch.numel() < need:
+            scratch = self._local.scratch = torch.empty(need + B * cfg.n_head * 256)  # room for 256 more steps
         logits = torch.empty(B, cfg.vocab_size)
+        argmax = torch.empty(B, dtype=torch.long)
         tokens = tokens.contiguous()
         if positions is not None:
             positions = positions.contiguous()
@@ -147,6 +153,6 @@ class FastDecoder:
             None if positions is None else positions.data_ptr(),
             None if padding_mask is None else padding_mask.data_ptr(),
             0 if padding_mask is None else padding_mask.stride(0),
-            k.data_ptr(), v.data_ptr(), logits.data_ptr(), self._scratch.data_ptr())
+            k.data_ptr(), v.data_ptr(), logits.data_ptr(), argmax.data_ptr(), scratch.data_ptr())
         cache.length = past + 1
-        return logits
+        return logits, argmax

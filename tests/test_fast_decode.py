@@ -1,0 +1,125 @@
+"""The fused C decoding step (hangpt/engine/decode_step.c) against the PyTorch forward it replaces:
+same logits and cache for padded batches and odd shapes, same tokens through the engine for every
+strategy, weights that change in place, and the fallback when no compiler is found."""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from hangpt.checkpoint import load_checkpoint
+from hangpt.engine import Engine, GenerationConfig
+from hangpt.engine import fast
+from hangpt.model import GPT, GPTConfig, KVCache
+
+pytestmark = pytest.mark.skipif(fast.library() is None,
+                                reason="no C compiler with OpenMP here: the engine uses the PyTorch forward")
+
+
+def random_model(**shape) -> GPT:
+    """Odd sizes on purpose (widths not multiples of the 16-float vector, head_dim 12), and
+    non-zero biases and LayerNorm parameters so every term of the block math is exercised."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(**{**dict(vocab_size=333, n_positions=40, n_embd=36, n_layer=3, n_head=3, n_inner=100), **shape})
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def test_step_equals_pytorch_forward_with_padding_and_reorder():
+    model = random_model()
+    decoder = fast.FastDecoder(model, fast.library())
+    decoder.bind(model.lm_head.weight.detach().t().contiguous())
+    B, P, total = 3, 7, 12
+    padding = torch.ones(B, total, dtype=torch.bool)
+    padding[0, :4], padding[1, :1] = False, False  # left padding of different lengths
+    positions = (padding[:, :P].long().cumsum(-1) - 1).clamp(min=0)
+    prompt = torch.randint(0, 333, (B, P))
+    ours, ref = KVCache(model.config, B, total), KVCache(model.config, B, total)
+    with torch.inference_mode():
+        model(prompt, position_ids=positions, padding_mask=padding[:, :P], cache=ours)
+        model(prompt, position_ids=positions, padding_mask=padding[:, :P], cache=ref)
+        nxt = positions[:, -1:] + 1
+        for step in range(4):
+            if step == 2:  # beam search reorders rows between steps
+                index = torch.tensor([2, 0, 0])
+                for cache in (ours, ref):
+                    cache.reorder(index)
+                padding, nxt = padding[index], nxt[index]
+            tokens = torch.randint(0, 333, (B,))
+            length = P + step + 1
+            logits, argmax = decoder.step(tokens, ours, nxt, padding[:, :length])
+            expected = model(tokens[:, None], position_ids=nxt, padding_mask=padding[:, :length], cache=ref).logits[:, -1]
+            torch.testing.assert_close(logits, expected, atol=2e-5, rtol=1e-5)
+            assert torch.equal(argmax, logits.argmax(-1))
+            torch.testing.assert_close(ours.k[:, :, :, :length], ref.k[:, :, :, :length], atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(ours.v[:, :, :, :length], ref.v[:, :, :, :length], atol=2e-5, rtol=1e-5)
+            assert ours.length == ref.length == length
+            nxt = nxt + 1
+
+
+@pytest.mark.parametrize("controls", [
+    dict(),
+    dict(repetition_penalty=1.3, no_repeat_ngram_size=2),
+    dict(num_beams=3, num_return_sequences=2, length_penalty=0.8),
+    dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.8, seed=3),
+], ids=["greedy", "penalties", "beam", "sample"])
+def test_engine_tokens_equal_with_and_without_the_c_step(tiny_checkpoint, controls):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    with torch.no_grad():
+        for p in ckpt.model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    prompts = ["오늘 날씨가", "저는 한국어를 공부하고", "언어"]
+    config = GenerationConfig(max_new_tokens=24, eos_token_id=[], **controls)
+    with_c = Engine(ckpt.model, ckpt.tokenizer).generate(prompts, config)
+    without = Engine(ckpt.model, ckpt.tokenizer, fast_decode=False).generate(prompts, config)
+    assert [[c.token_ids for c in group] for group in with_c] == [[c.token_ids for c in group] for group in without]
+
+
+def test_c_step_follows_block_weights_changed_in_place(tiny_checkpoint):
+    """PPO trains the model between generations: the pointers are re-read when a tensor changes."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    engine = Engine(ckpt.model, ckpt.tokenizer)
+    config = GenerationConfig(max_new_tokens=12, eos_token_id=[])
+    engine.generate(["저는"], config)
+    with torch.no_grad():
+        ckpt.model.transformer.h[0].mlp.c_fc.weight.mul_(-3.0)
+        ckpt.model.transformer.h[1].ln_1.bias.add_(0.5)
+    after = engine.generate(["저는"], config)[0][0].token_ids
+    assert after == Engine(ckpt.model, ckpt.tokenizer, fast_decode=False).generate(["저는"], config)[0][0].token_ids
+
+
+def test_without_a_compiler_the_engine_falls_back_to_pytorch(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("HANGPT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    fast.library.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert fast.library() is None
+        assert any("using the PyTorch forward" in str(w.message) for w in caught)
+        ckpt = load_checkpoint(tiny_checkpoint)
+        engine = Engine(ckpt.model, ckpt.tokenizer)
+        out = engine.generate(["저는"], GenerationConfig(max_new_tokens=5, eos_token_id=[]))
+        assert len(out[0][0].token_ids) == 5 and engine.fast_decoder() is None
+    finally:
+        fast.library.cache_clear()
+
+
+def test_library_is_built_once_and_reused(tmp_path, monkeypatch):
+    if shutil.which("cc") is None:
+        pytest.skip("no cc on PATH")
+    monkeypatch.setenv("HANGPT_CACHE", str(tmp_path))
+    fast.library.cache_clear()
+    try:
+        assert fast.library() is not None
+        built = list(tmp_path.glob("decode_step-*.so"))
+        assert len(built) == 1 and not list(tmp_path.glob("tmp*"))  # no temp files left
+        fast.library.cache_clear()
+        stamp = built[0].stat().st_mtime_ns
+        assert fast.library() is not None and built[0].stat().st_mtime_ns == stamp
+    finally:
+        fast.library.cache_clear()
