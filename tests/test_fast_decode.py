@@ -2,6 +2,7 @@
 same logits and cache for padded batches and odd shapes, same tokens through the engine for every
 strategy, weights that change in place, and the fallback when no compiler is found."""
 
+import os
 import shutil
 import warnings
 
@@ -13,8 +14,9 @@ from hangpt.engine import Engine, GenerationConfig
 from hangpt.engine import fast
 from hangpt.model import GPT, GPTConfig, KVCache
 
-pytestmark = pytest.mark.skipif(fast.library() is None,
-                                reason="no C compiler with OpenMP here: the engine uses the PyTorch forward")
+# a machine with a C compiler must build the step (a compile error fails these tests, not skips them)
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
+                                reason="no C compiler here: the engine uses the PyTorch forward")
 
 
 def random_model(**shape) -> GPT:
@@ -30,6 +32,7 @@ def random_model(**shape) -> GPT:
 
 
 def test_step_equals_pytorch_forward_with_padding_and_reorder():
+    assert fast.library() is not None
     model = random_model()
     decoder = fast.FastDecoder(model, fast.library())
     decoder.bind(model.lm_head.weight.detach().t().contiguous())
@@ -110,8 +113,6 @@ def test_without_a_compiler_the_engine_falls_back_to_pytorch(tiny_checkpoint, tm
 
 
 def test_library_is_built_once_and_reused(tmp_path, monkeypatch):
-    if shutil.which("cc") is None:
-        pytest.skip("no cc on PATH")
     monkeypatch.setenv("HANGPT_CACHE", str(tmp_path))
     fast.library.cache_clear()
     try:

@@ -80,7 +80,7 @@ static void rows_four(const float *restrict x, int in, const float *restrict W, 
 static void matmul(const float *restrict x, const float *restrict W, const float *restrict bias, float *restrict y,
                    int B, int in, int out, int accumulate, float *restrict partial) {
     int i0, i1, o0, o1, nt = omp_get_num_threads();
-    share(in, 8, &i0, &i1);
+    share(in, 16, &i0, &i1);
     float *mine = partial + (size_t)omp_get_thread_num() * B * out;
     memset(mine, 0, (size_t)B * out * sizeof(float));
     const int block = 1024;
@@ -102,16 +102,24 @@ static void matmul(const float *restrict x, const float *restrict W, const float
     }
 }
 
-static void layer_norm(const float *x, const float *w, const float *b, float *y, int C, float eps) {
-    float mean = 0.0f, var = 0.0f;
+/* LayerNorm of every row of x (B, C) into y, this thread writing only its band of the columns:
+ * the band of rows of W that its next matmul reads, so no barrier is needed in between (the
+ * statistics of the whole row are cheap to compute in every thread). */
+static void layer_norm_band(const float *x, const float *w, const float *bias, float *y, int B, int C, float eps) {
+    int c0, c1;
+    share(C, 16, &c0, &c1);
+    for (int b = 0; b < B; b++) {
+        const float *xb = x + (size_t)b * C;
+        float mean = 0.0f, var = 0.0f;
 #pragma omp simd reduction(+ : mean)
-    for (int c = 0; c < C; c++) mean += x[c];
-    mean /= C;
+        for (int c = 0; c < C; c++) mean += xb[c];
+        mean /= C;
 #pragma omp simd reduction(+ : var)
-    for (int c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
-    float inv = 1.0f / sqrtf(var / C + eps);
+        for (int c = 0; c < C; c++) var += (xb[c] - mean) * (xb[c] - mean);
+        float inv = 1.0f / sqrtf(var / C + eps);
 #pragma omp simd
-    for (int c = 0; c < C; c++) y[c] = (x[c] - mean) * inv * w[c] + b[c];
+        for (int c = c0; c < c1; c++) y[(size_t)b * C + c] = (xb[c] - mean) * inv * w[c] + bias[c];
+    }
 }
 
 #pragma omp declare simd
@@ -123,7 +131,7 @@ static float gelu_tanh(float x) {
  * weights: PER_LAYER pointers per layer, then ln_f weight, ln_f bias, wte, wpe, head (n_embd, vocab).
  * tokens (B); positions (B) or NULL (then every row is at position `past`); keep (B rows of
  * keep_stride bytes, 1 = a real key) or NULL (no padding). argmax (B) receives each row's greedy token. scratch: B * (6 n_embd + n_inner)
- * + B * n_head * (past + 1) + threads * B * max(3 n_embd, n_inner, vocab) floats. Writes this step's keys/values at cache slot `past` and the
+ * + B * n_head * (past + 1) + 2 * threads * B * max(3 n_embd, n_inner, vocab) floats. Writes this step's keys/values at cache slot `past` and the
  * next-token logits (B, vocab). */
 void hangpt_decode_step(const int *dims, int vocab, float eps, const float *const *weights,
                         const long long *tokens, const long long *positions, const unsigned char *keep,
@@ -134,7 +142,8 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
     const int D = C / H, keys = past + 1;
     const float scale = 1.0f / sqrtf((float)D);
     float *x = scratch, *h = x + B * C, *qkv = h + B * C, *att = qkv + 3 * B * C, *f = att + B * C;
-    float *probs = f + B * F, *partial = probs + B * H * keys;
+    float *probs = f + B * F, *partial_a = probs + B * H * keys;
+    float *partial_b = partial_a + (size_t)threads * B * (3 * C > F ? (3 * C > vocab ? 3 * C : vocab) : (F > vocab ? F : vocab));
     const float *const *top = weights + L * PER_LAYER;
 
 #pragma omp parallel num_threads(threads)
@@ -147,9 +156,8 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
         }
         for (int l = 0; l < L; l++) {
             const float *const *w = weights + l * PER_LAYER;
-#pragma omp for
-            for (int b = 0; b < B; b++) layer_norm(x + b * C, w[LN1_W], w[LN1_B], h + b * C, C, eps);
-            matmul(h, w[ATTN_W], w[ATTN_B], qkv, B, C, 3 * C, 0, partial);
+            layer_norm_band(x, w[LN1_W], w[LN1_B], h, B, C, eps);
+            matmul(h, w[ATTN_W], w[ATTN_B], qkv, B, C, 3 * C, 0, partial_a);
 #pragma omp barrier
 #pragma omp for
             for (int bh = 0; bh < B * H; bh++) {
@@ -182,13 +190,16 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
                     for (int d = 0; d < D; d++) y[d] += pt * vc[(size_t)t * D + d];
                 }
             }
-            matmul(att, w[PROJ_W], w[PROJ_B], x, B, C, C, 1, partial);
+            matmul(att, w[PROJ_W], w[PROJ_B], x, B, C, C, 1, partial_b);
 #pragma omp barrier
-#pragma omp for
-            for (int b = 0; b < B; b++) layer_norm(x + b * C, w[LN2_W], w[LN2_B], h + b * C, C, eps);
-            matmul(h, w[FC_W], w[FC_B], f, B, C, F, 0, partial);
+            layer_norm_band(x, w[LN2_W], w[LN2_B], h, B, C, eps);
+            matmul(h, w[FC_W], w[FC_B], f, B, C, F, 0, partial_a);
             {
-                int o0, o1;  /* GELU on this thread's own columns: no barrier needed before it */
+                /* GELU on the columns this thread has just summed, which are also the band of rows
+                 * of the next matmul it reads: no barrier before, between, or after (the next
+                 * matmul writes the other partial buffer while the other thread may still read
+                 * this one) */
+                int o0, o1;
                 share(F, 16, &o0, &o1);
                 for (int b = 0; b < B; b++) {
                     float *fb = f + (size_t)b * F;
@@ -196,13 +207,11 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
                     for (int o = o0; o < o1; o++) fb[o] = gelu_tanh(fb[o]);
                 }
             }
-#pragma omp barrier
-            matmul(f, w[FC2_W], w[FC2_B], x, B, F, C, 1, partial);
+            matmul(f, w[FC2_W], w[FC2_B], x, B, F, C, 1, partial_b);
 #pragma omp barrier
         }
-#pragma omp for
-        for (int b = 0; b < B; b++) layer_norm(x + b * C, top[0], top[1], h + b * C, C, eps);
-        matmul(h, top[4], 0, logits, B, C, vocab, 0, partial);
+        layer_norm_band(x, top[0], top[1], h, B, C, eps);
+        matmul(h, top[4], 0, logits, B, C, vocab, 0, partial_a);
 #pragma omp barrier
 #pragma omp for
         for (int b = 0; b < B; b++) {  /* the greedy choice, first index of the maximum as torch.argmax */

@@ -57,7 +57,8 @@ def _compile(target: Path) -> None:
             if result.returncode == 0:
                 os.replace(out, target)
                 return
-        raise OSError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        raise OSError(f"{compiler} failed: {(errors or ['no output'])[0].strip()}")
 
 
 @functools.cache
@@ -136,7 +137,7 @@ class FastDecoder:
             cache.k, cache.v = k, v = k.contiguous(), v.contiguous()
         threads = torch.get_num_threads()
         widest = max(3 * cfg.n_embd, cfg.mlp_width, cfg.vocab_size)
-        need = B * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * (past + 1) + threads * widest)
+        need = B * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * (past + 1) + 2 * threads * widest)
         scratch = getattr(self._local, "scratch", None)
         if scratch is None or scratch.numel() < need:
             scratch = self._local.scratch = torch.empty(need + B * cfg.n_head * 256)  # room for 256 more steps
