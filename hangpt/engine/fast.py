@@ -26,6 +26,9 @@ import torch
 from ..model import GPT, KVCache
 
 SOURCE = Path(__file__).with_name("decode_step.c")
+# tried in order: this CPU's widest vectors where the compiler knows the flag (x86 with AVX-512),
+# this CPU's instruction set, then the generic target
+FLAG_CHOICES = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
 
 
 def cache_folder() -> Path:
@@ -52,7 +55,7 @@ def _compile(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         base = [compiler, "-O3", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(out), "-lm"]
-        for flags in (["-march=native"], []):
+        for flags in FLAG_CHOICES:
             result = subprocess.run(base[:1] + flags + base[1:], capture_output=True, text=True)
             if result.returncode == 0:
                 os.replace(out, target)
@@ -66,7 +69,8 @@ def library() -> ctypes.CDLL | None:
     """The compiled decode step, or None where it cannot be built (the engine then uses PyTorch)."""
     if os.environ.get("HANGPT_FAST_DECODE", "1") == "0" or sys.platform == "win32":
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + _cpu_signature().encode() + torch.__version__.encode())
+    key = hashlib.sha256(SOURCE.read_bytes() + repr(FLAG_CHOICES).encode() + _cpu_signature().encode()
+                         + torch.__version__.encode())
     target = cache_folder() / f"decode_step-{key.hexdigest()[:16]}.so"
     try:
         if not target.exists():
