@@ -244,3 +244,21 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
         }
     }
 }
+
+/* Beam search: row b of the new cache takes the first `filled` positions of row parents[b] of the
+ * old one (every layer, keys and values), each (layer, row, head) a contiguous block. One call
+ * instead of PyTorch's index_select on a strided slice (4-5x slower here). dims as above. */
+void hangpt_reorder_cache(const int *dims, const long long *parents, int filled, const float *k_old,
+                          const float *v_old, float *k_new, float *v_new) {
+    const int L = dims[0], H = dims[1], C = dims[2], B = dims[4], T = dims[5], threads = dims[7];
+    const int D = C / H;
+    const size_t block = (size_t)T * D, bytes = (size_t)filled * D * sizeof(float);
+#pragma omp parallel for num_threads(threads) collapse(2)
+    for (int l = 0; l < L; l++)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                size_t to = (((size_t)l * B + b) * H + h) * block, from = (((size_t)l * B + parents[b]) * H + h) * block;
+                memcpy(k_new + to, k_old + from, bytes);
+                memcpy(v_new + to, v_old + from, bytes);
+            }
+}

@@ -82,6 +82,8 @@ def library() -> ctypes.CDLL | None:
     lib.hangpt_decode_step.restype = None
     lib.hangpt_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_float] + [ctypes.c_void_p] * 4 + [
         ctypes.c_longlong] + [ctypes.c_void_p] * 5
+    lib.hangpt_reorder_cache.restype = None
+    lib.hangpt_reorder_cache.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4
     return lib
 
 
@@ -125,6 +127,18 @@ class FastDecoder:
             self._pointers = (ctypes.c_void_p * len(params))(*[t.data_ptr() for t in self._weights])
             self._key = key
 
+    def _dims(self, B: int, max_length: int, past: int):
+        cfg = self.model.config
+        return (ctypes.c_int * 8)(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.mlp_width, B, max_length, past,
+                                  torch.get_num_threads())
+
+    def copy_rows(self, index: torch.Tensor, filled: int, k, v, new_k, new_v) -> None:
+        """For KVCache.reorder (beam search, every step): row b of new_k/new_v gets the filled
+        positions of row index[b], in one C call (all four are a KVCache's contiguous buffers)."""
+        parents = index.to(torch.long).contiguous()
+        self.lib.hangpt_reorder_cache(self._dims(len(index), k.shape[3], filled), parents.data_ptr(), filled,
+                                      k.data_ptr(), v.data_ptr(), new_k.data_ptr(), new_v.data_ptr())
+
     def step(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None,
              padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B,) long; positions (B, 1) long or None; padding_mask (B, >= past+1) bool or
@@ -139,7 +153,8 @@ class FastDecoder:
         k, v = cache.k, cache.v
         if not (k.is_contiguous() and v.is_contiguous()):
             cache.k, cache.v = k, v = k.contiguous(), v.contiguous()
-        threads = torch.get_num_threads()
+        dims = self._dims(B, k.shape[3], past)
+        threads = dims[7]
         widest = max(3 * cfg.n_embd, cfg.mlp_width, cfg.vocab_size)
         need = B * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * (past + 1) + 2 * threads * widest)
         scratch = getattr(self._local, "scratch", None)
@@ -153,8 +168,7 @@ class FastDecoder:
         if padding_mask is not None and padding_mask.stride(1) != 1:
             padding_mask = padding_mask.contiguous()
         self.lib.hangpt_decode_step(
-            (ctypes.c_int * 8)(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.mlp_width, B, k.shape[3], past, threads),
-            cfg.vocab_size, cfg.layer_norm_epsilon, self._pointers, tokens.data_ptr(),
+            dims, cfg.vocab_size, cfg.layer_norm_epsilon, self._pointers, tokens.data_ptr(),
             None if positions is None else positions.data_ptr(),
             None if padding_mask is None else padding_mask.data_ptr(),
             0 if padding_mask is None else padding_mask.stride(0),
