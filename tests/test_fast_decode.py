@@ -49,7 +49,7 @@ def test_step_equals_pytorch_forward_with_padding_and_reorder():
         for step in range(4):
             if step == 2:  # beam search reorders rows between steps
                 index = torch.tensor([2, 0, 0])
-                ours.reorder(index, decoder.copy_rows)  # the C copy of the filled positions
+                ours.reorder(index, decoder.reorder_rows)  # the C copy of the filled positions, in place
                 ref.reorder(index)
                 padding, nxt = padding[index], nxt[index]
             tokens = torch.randint(0, 333, (B,))
@@ -124,3 +124,14 @@ def test_library_is_built_once_and_reused(tmp_path, monkeypatch):
         assert fast.library() is not None and built[0].stat().st_mtime_ns == stamp
     finally:
         fast.library.cache_clear()
+
+
+def test_topk_equals_torch_topk():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5000)
+    x[1, :100] = float("-inf")  # banned tokens, as after no-repeat n-grams
+    values, indices = fast.topk(x, 8)
+    expected = torch.topk(x, 8)
+    assert torch.equal(values, expected.values) and torch.equal(indices, expected.indices)
+    ties = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
+    assert fast.topk(ties, 3)[1].tolist() == [[1, 2, 4]]  # equal values: lower index first

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .config import Completion, GenerationConfig
+from .fast import topk
 from .processors import Processor
 from .text import truncate_at_stop
 
@@ -68,7 +69,7 @@ def _beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> 
             top_idx = torch.multinomial(log_probs.softmax(dim=-1), keep, generator=generator)
             top_lp = log_probs.gather(1, top_idx)
         else:
-            top_lp, top_idx = torch.topk(log_probs, keep)
+            top_lp, top_idx = topk(log_probs, keep)
         top_beam = top_idx // V
         top_ids = top_idx % V
         last = cur + 1 >= max_len

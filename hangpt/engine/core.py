@@ -35,7 +35,7 @@ class Batch:
     argmax: torch.Tensor | None = None  # the last step's greedy tokens, when the C step gave them
 
     def select(self, index: torch.Tensor, seqs: bool = True) -> None:
-        self.cache.reorder(index, self.fast.copy_rows if self.fast is not None else None)
+        self.cache.reorder(index, self.fast.reorder_rows if self.fast is not None else None)
         if seqs:
             self.seqs = self.seqs.index_select(0, index)
         if self.padding_mask is not None:

@@ -245,20 +245,63 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
     }
 }
 
-/* Beam search: row b of the new cache takes the first `filled` positions of row parents[b] of the
- * old one (every layer, keys and values), each (layer, row, head) a contiguous block. One call
- * instead of PyTorch's index_select on a strided slice (4-5x slower here). dims as above. */
-void hangpt_reorder_cache(const int *dims, const long long *parents, int filled, const float *k_old,
-                          const float *v_old, float *k_new, float *v_new) {
+/* Beam search, in place: row b of the cache takes the first `filled` positions of row
+ * parents[b] (every layer, keys and values; each (layer, row, head) is a contiguous block).
+ * Rows that keep their parent are not touched, and a row is first saved to k_tmp/v_tmp only
+ * when it is overwritten while another row still copies it, so the cache stays where it is (and
+ * in cache memory) instead of being copied whole every step. dims as above. */
+void hangpt_reorder_cache(const int *dims, const long long *parents, int filled, float *k, float *v, float *k_tmp,
+                          float *v_tmp) {
     const int L = dims[0], H = dims[1], C = dims[2], B = dims[4], T = dims[5], threads = dims[7];
     const int D = C / H;
     const size_t block = (size_t)T * D, bytes = (size_t)filled * D * sizeof(float);
-#pragma omp parallel for num_threads(threads) collapse(2)
-    for (int l = 0; l < L; l++)
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < H; h++) {
-                size_t to = (((size_t)l * B + b) * H + h) * block, from = (((size_t)l * B + parents[b]) * H + h) * block;
-                memcpy(k_new + to, k_old + from, bytes);
-                memcpy(v_new + to, v_old + from, bytes);
+    unsigned char save[B];
+    for (int r = 0; r < B; r++) {
+        save[r] = 0;
+        for (int b = 0; b < B && parents[r] != r; b++)
+            if (b != r && parents[b] == r) save[r] = 1;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for collapse(2)
+        for (int l = 0; l < L; l++)
+            for (int r = 0; r < B; r++)
+                for (int h = 0; h < H && save[r]; h++) {
+                    size_t at = (((size_t)l * B + r) * H + h) * block;
+                    memcpy(k_tmp + at, k + at, bytes);
+                    memcpy(v_tmp + at, v + at, bytes);
+                }
+#pragma omp for collapse(2)
+        for (int l = 0; l < L; l++)
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < H && parents[b] != b; h++) {
+                    size_t to = (((size_t)l * B + b) * H + h) * block, from = (((size_t)l * B + parents[b]) * H + h) * block;
+                    memcpy(k + to, (save[parents[b]] ? k_tmp : k) + from, bytes);
+                    memcpy(v + to, (save[parents[b]] ? v_tmp : v) + from, bytes);
+                }
+    }
+}
+
+/* The k largest values of each row of x (rows, n), in descending order, ties to the lower index:
+ * one pass with a sorted list of the best k so far. For beam search's top 2 * num_beams of
+ * num_beams * vocab scores, where torch.topk's partial sort costs 5-10x more. */
+void hangpt_topk(const float *x, int rows, int n, int k, int threads, float *values, long long *indices) {
+#pragma omp parallel for num_threads(threads) if (rows > 1)
+    for (int r = 0; r < rows; r++) {
+        const float *row = x + (size_t)r * n;
+        float *best = values + (size_t)r * k;
+        long long *where = indices + (size_t)r * k;
+        int count = 0;
+        for (int i = 0; i < n; i++) {
+            float value = row[i];
+            if (count == k && !(value > best[k - 1])) continue;
+            int j = count < k ? count++ : k - 1;
+            for (; j > 0 && value > best[j - 1]; j--) {
+                best[j] = best[j - 1];
+                where[j] = where[j - 1];
             }
+            best[j] = value;
+            where[j] = i;
+        }
+    }
 }
