@@ -49,6 +49,7 @@ def _beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> 
     offset = torch.arange(B, device=dev).unsqueeze(1) * nb
 
     running = batch.seqs.view(B, nb, -1).clone()  # (B, nb, max_len), pads hold V
+    batch.record = False  # beam search keeps its own sequences in `running`
     running_scores = torch.zeros(B, nb, device=dev)
     running_scores[:, 1:] = BIG  # only the first beam's continuations count at the first step
     finished = running.clone()
@@ -130,7 +131,7 @@ def _beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> 
             if not bool(may_improve.any()) or all_done:
                 break
 
-        batch.select(beam_idx, seqs=False)  # beam search keeps its own sequences in `running`
+        batch.select(beam_idx)
         batch.length = cur - 1
         logits = engine.step(batch, running.view(B * nb, -1)[:, cur - 1])  # rows share one config: proc stays
 

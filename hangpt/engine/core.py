@@ -32,11 +32,12 @@ class Batch:
     length: int  # filled columns of seqs (= padded prompt length + generated)
     prompt_length: int
     fast: FastDecoder | None = None  # the fused C step, bound to the weights, when available
-    argmax: torch.Tensor | None = None  # the last step's greedy tokens, when the C step gave them
+    greedy: tuple[torch.Tensor, torch.Tensor] | None = None  # (logits, their argmax) from the C step
+    record: bool = True  # write each step's tokens into seqs (only penalties read them)
 
-    def select(self, index: torch.Tensor, seqs: bool = True) -> None:
+    def select(self, index: torch.Tensor) -> None:
         self.cache.reorder(index, self.fast.reorder_rows if self.fast is not None else None)
-        if seqs:
+        if self.record:
             self.seqs = self.seqs.index_select(0, index)
         if self.padding_mask is not None:
             self.padding_mask = self.padding_mask.index_select(0, index)
@@ -230,14 +231,15 @@ class Engine:
     @torch.inference_mode()
     def step(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
         """Append `tokens` (B,) to every row and return the next-token logits (B, V)."""
-        batch.seqs[:, batch.length] = tokens
+        if batch.record:
+            batch.seqs[:, batch.length] = tokens
         batch.length += 1
         if batch.fast is not None:
             mask = batch.padding_mask[:, : batch.length] if batch.padding_mask is not None else None
-            logits, batch.argmax = batch.fast.step(tokens, batch.cache, batch.positions, mask)
+            batch.greedy = batch.fast.step(tokens, batch.cache, batch.positions, mask)
             if batch.positions is not None:
                 batch.positions += 1
-            return logits
+            return batch.greedy[0]
         if batch.padding_mask is None:
             hidden = self.model(tokens.unsqueeze(1), cache=batch.cache, return_logits=False).logits
         else:
@@ -256,6 +258,7 @@ class Engine:
             steps = max(r.max_new for r in rows)
             batch, logits = self.prefill(prompts, max(len(p) for p in prompts) + steps)
             proc = Processor([r.config for r in rows], self.vocab_size, self.device)
+            batch.record = proc.penalizes
             want_text = stream or any(r.config.stop for r in rows)
             want_logprobs = any(r.logprobs is not None for r in rows)
             pending = {id(r): 0 for r in rows}  # tokens not yet sent in an event (streaming)
@@ -319,9 +322,13 @@ class Engine:
     @torch.inference_mode()
     def _choose(self, logits, batch: Batch, proc: Processor, rows: list[_Row], want_logprobs: bool):
         """Next token of every row: penalties, then argmax or a sample from the warped distribution."""
-        scores = proc.penalize(logits, batch.seqs[:, : batch.length], batch.prompt_length)
-        unchanged = scores is logits and batch.argmax is not None and len(batch.argmax) == len(logits)
-        tokens = batch.argmax if unchanged else scores.argmax(dim=-1)
+        scores = logits
+        if proc.penalizes:
+            scores = proc.penalize(logits, batch.seqs[:, : batch.length], batch.prompt_length)
+        if scores is logits and batch.greedy is not None and batch.greedy[0] is logits:
+            tokens = batch.greedy[1]  # computed with the logits, in the C step
+        else:
+            tokens = scores.argmax(dim=-1)
         if proc.any_sample:
             values, ids = proc.candidates(scores)
             probs = values.softmax(dim=-1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import operator
 import os
 import platform
 import subprocess
@@ -118,9 +119,10 @@ class FastDecoder:
     plus a few Python operations.
     """
 
-    LAYER_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
-                    "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                    "mlp.c_proj.weight", "mlp.c_proj.bias")
+    # per block, in the order decode_step.c reads them
+    layer_params = operator.attrgetter(
+        "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
+        "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
 
     def __init__(self, model: GPT, lib: ctypes.CDLL):
         self.model, self.lib = model, lib
@@ -135,8 +137,7 @@ class FastDecoder:
     def bind(self, head: torch.Tensor) -> None:
         """Take the current weights; head is the LM head as (n_embd, vocab), contiguous."""
         tr = self.model.transformer
-        per_layer = [dict(block.named_parameters()) for block in tr.h]
-        params = [p[name] for p in per_layer for name in self.LAYER_PARAMS] + [
+        params = [p for block in tr.h for p in self.layer_params(block)] + [
             tr.ln_f.weight, tr.ln_f.bias, tr.wte.weight, tr.wpe.weight, head]
         key = [weight_key(t) for t in params]
         if key != self._key:

@@ -56,6 +56,7 @@ class Processor:
         self.use_rep = bool((self.rep != 1).any())
         self.use_freq = bool((self.freq != 0).any() or (self.pres != 0).any())
         self.any_sample = bool(self.sample_rows.any())
+        self.penalizes = self.bias is not None or self.use_rep or self.use_freq or any(self.ngram)
 
     def select(self, index: torch.Tensor) -> None:
         """Keep these rows (in this order): finished rows leave the batch, beams are reordered."""
