@@ -70,8 +70,7 @@ def library() -> ctypes.CDLL | None:
     """The compiled decode step, or None where it cannot be built (the engine then uses PyTorch)."""
     if os.environ.get("HANGPT_FAST_DECODE", "1") == "0" or sys.platform == "win32":
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + repr(FLAG_CHOICES).encode() + _cpu_signature().encode()
-                         + torch.__version__.encode())
+    key = hashlib.sha256(SOURCE.read_bytes() + repr(FLAG_CHOICES).encode() + _cpu_signature().encode())
     target = cache_folder() / f"decode_step-{key.hexdigest()[:16]}.so"
     try:
         if not target.exists():
@@ -180,9 +179,9 @@ class FastDecoder:
             scratch = self._local.scratch = torch.empty(need + B * cfg.n_head * 256)  # room for 256 more steps
         logits = torch.empty(B, cfg.vocab_size)
         argmax = torch.empty(B, dtype=torch.long)
-        tokens = tokens.contiguous()
+        tokens = tokens.to(torch.long).contiguous()
         if positions is not None:
-            positions = positions.contiguous()
+            positions = positions.to(torch.long).contiguous()
         if padding_mask is not None and padding_mask.stride(1) != 1:
             padding_mask = padding_mask.contiguous()
         self.lib.hangpt_decode_step(
