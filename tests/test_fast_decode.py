@@ -64,6 +64,27 @@ def test_step_equals_pytorch_forward_with_padding_and_reorder():
             nxt = nxt + 1
 
 
+def test_prefill_equals_pytorch_forward_with_padding():
+    """Short prompts go through the C forward too: every token of every row at once, causal
+    within its row, pad tokens hidden, logits of the last position only."""
+    model = random_model()
+    decoder = fast.FastDecoder(model, fast.library())
+    decoder.bind(model.lm_head.weight.detach().t().contiguous())
+    B, P, total = 3, 6, 10
+    padding = torch.ones(B, total, dtype=torch.bool)
+    padding[0, :3], padding[2, :1] = False, False
+    positions = (padding[:, :P].long().cumsum(-1) - 1).clamp(min=0)
+    prompt = torch.randint(0, 333, (B, P))
+    ours, ref = KVCache(model.config, B, total), KVCache(model.config, B, total)
+    with torch.inference_mode():
+        logits, argmax = decoder.prefill(prompt, positions, padding, ours)
+        expected = model(prompt, position_ids=positions, padding_mask=padding[:, :P], cache=ref).logits[:, -1]
+    torch.testing.assert_close(logits, expected, atol=2e-5, rtol=1e-5)
+    assert torch.equal(argmax, expected.argmax(-1)) and ours.length == ref.length == P
+    torch.testing.assert_close(ours.k[:, :, :, :P], ref.k[:, :, :, :P], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.v[:, :, :, :P], ref.v[:, :, :, :P], atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("controls", [
     dict(),
     dict(repetition_penalty=1.3, no_repeat_ngram_size=2),

@@ -16,7 +16,7 @@ import torch
 from ..errors import InputError
 from ..model import GPT, KVCache
 from .config import Completion, GenerationConfig, StreamEvent
-from .fast import FastDecoder, library, weight_key
+from .fast import PREFILL_TOKENS, FastDecoder, library, weight_key
 from .processors import Processor
 from .text import TextStream, ids_before
 
@@ -214,19 +214,20 @@ class Engine:
             seqs[r, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
         real = seqs[:, :P] != self.vocab_size
         padded = not bool(real.all())
-        padding_mask = positions = None
+        padding_mask = positions = pos = None
         inputs = seqs[:, :P].masked_fill(~real, 0)
         if padded:
             padding_mask = torch.ones((B, total), dtype=torch.bool, device=dev)
             padding_mask[:, :P] = real
             pos = (real.long().cumsum(-1) - 1).clamp(min=0)
             positions = pos[:, -1:] + 1
-            hidden = model(inputs, position_ids=pos, padding_mask=padding_mask[:, :P], cache=cache,
-                           return_logits=False).logits
-        else:
-            hidden = model(inputs, cache=cache, return_logits=False).logits
-        logits = self.next_token_logits(hidden[:, -1])
-        return Batch(cache, seqs, padding_mask, positions, P, P, self.fast_decoder()), logits
+        batch = Batch(cache, seqs, padding_mask, positions, P, P, self.fast_decoder())
+        if batch.fast is not None and B * P <= PREFILL_TOKENS:
+            batch.greedy = batch.fast.prefill(inputs, pos, padding_mask, cache)
+            return batch, batch.greedy[0]
+        mask = padding_mask[:, :P] if padded else None
+        hidden = model(inputs, position_ids=pos, padding_mask=mask, cache=cache, return_logits=False).logits
+        return batch, self.next_token_logits(hidden[:, -1])
 
     @torch.inference_mode()
     def step(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:

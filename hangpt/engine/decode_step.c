@@ -1,13 +1,14 @@
-/* One GPT-2 decoding step for a batch of rows, fused in C: the CPU fast path of the engine.
+/* The GPT-2 forward for decoding, fused in C: the CPU fast path of the engine.
  *
  * Why: a decoding step of a small model feeds one token per row through the network, so each of
  * its ~100 tensor operations works on a few hundred floats, and in PyTorch each costs a dispatch
- * (5-15 us on a small VM) that dwarfs the arithmetic. Here the whole step runs in one OpenMP
- * parallel region (the same runtime torch uses, so torch.set_num_threads applies): the threads
- * split every matrix product by output columns and the attention by (row, head), and meet at a
- * barrier between stages. The math is exactly model.py's (pre-LayerNorm blocks, GELU-tanh MLP,
- * learned positions); hangpt/engine/fast.py compiles this file, and tests check it against the
- * PyTorch forward.
+ * (5-15 us on a small VM) that dwarfs the arithmetic. Here a whole step (or a short prompt) runs
+ * in one OpenMP parallel region (the same runtime torch uses, so torch.set_num_threads applies):
+ * each thread streams its own band of every weight matrix's rows (a step reads all the weights
+ * once, so memory bandwidth sets its speed), the attention is split by (query, head), and the
+ * threads meet at a barrier only where one needs another's results. The math is exactly
+ * model.py's (pre-LayerNorm blocks, GELU-tanh MLP, learned positions); hangpt/engine/fast.py
+ * compiles this file, and tests check it against the PyTorch forward.
  *
  * Layouts: weights as in GPT-2 checkpoints, Conv1D (in, out) row-major; the LM head as its
  * transposed copy (n_embd, vocab); the KV cache (n_layer, B, n_head, max_len, head_dim).
@@ -102,23 +103,25 @@ static void matmul(const float *restrict x, const float *restrict W, const float
     }
 }
 
-/* LayerNorm of every row of x (B, C) into y, this thread writing only its band of the columns:
- * the band of rows of W that its next matmul reads, so no barrier is needed in between (the
- * statistics of the whole row are cheap to compute in every thread). */
-static void layer_norm_band(const float *x, const float *w, const float *bias, float *y, int B, int C, float eps) {
+/* LayerNorm of rows of x into the rows of y (y row r from x row `pick[r]`, or row r when pick is
+ * NULL), this thread writing only its band of the columns: the band of rows of W that its next
+ * matmul reads, so no barrier is needed in between (the statistics of the whole row are cheap
+ * to compute in every thread). */
+static void layer_norm_band(const float *x, const long long *pick, const float *w, const float *bias, float *y,
+                            int count, int C, float eps) {
     int c0, c1;
     share(C, 16, &c0, &c1);
-    for (int b = 0; b < B; b++) {
-        const float *xb = x + (size_t)b * C;
+    for (int r = 0; r < count; r++) {
+        const float *xr = x + (size_t)(pick ? pick[r] : r) * C;
         float mean = 0.0f, var = 0.0f;
 #pragma omp simd reduction(+ : mean)
-        for (int c = 0; c < C; c++) mean += xb[c];
+        for (int c = 0; c < C; c++) mean += xr[c];
         mean /= C;
 #pragma omp simd reduction(+ : var)
-        for (int c = 0; c < C; c++) var += (xb[c] - mean) * (xb[c] - mean);
+        for (int c = 0; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
         float inv = 1.0f / sqrtf(var / C + eps);
 #pragma omp simd
-        for (int c = c0; c < c1; c++) y[(size_t)b * C + c] = (xb[c] - mean) * inv * w[c] + bias[c];
+        for (int c = c0; c < c1; c++) y[(size_t)r * C + c] = (xr[c] - mean) * inv * w[c] + bias[c];
     }
 }
 
@@ -148,50 +151,62 @@ static inline float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanh_rational(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
-/* dims: n_layer, n_head, n_embd, n_inner, B, max_len, past (filled cache positions), threads.
+/* The forward pass of N queries (tokens) against a KV cache of B rows, each query at its own cache
+ * row and slot: decoding feeds one query per row at slot `past`; a short prompt feeds all its
+ * tokens at once (the engine's prefill), query t of a row at slot t. Every query writes its key
+ * and value at its slot, then attends to the slots 0..its own of its row (causal), skipping pad
+ * slots (keep = 0) except its own, as model.attention_mask_for does.
+ *
+ * dims: n_layer, n_head, n_embd, n_inner, N, max_len, B, threads.
  * weights: PER_LAYER pointers per layer, then ln_f weight, ln_f bias, wte, wpe, head (n_embd, vocab).
- * tokens (B); positions (B) or NULL (then every row is at position `past`); keep (B rows of
- * keep_stride bytes, 1 = a real key) or NULL (no padding). argmax (B) receives each row's greedy token. scratch: B * (6 n_embd + n_inner)
- * + B * n_head * (past + 1) + 2 * threads * B * max(3 n_embd, n_inner, vocab) floats. Writes this step's keys/values at cache slot `past` and the
- * next-token logits (B, vocab). */
-void hangpt_decode_step(const int *dims, int vocab, float eps, const float *const *weights,
-                        const long long *tokens, const long long *positions, const unsigned char *keep,
-                        long long keep_stride, float *kcache, float *vcache, float *logits, long long *argmax,
-                        float *scratch) {
-    const int L = dims[0], H = dims[1], C = dims[2], F = dims[3], B = dims[4], T = dims[5], past = dims[6];
-    const int threads = dims[7];
-    const int D = C / H, keys = past + 1;
+ * tokens, positions, rows, slots: N each. keep: B rows of keep_stride bytes (1 = a real token) or
+ * NULL. out_rows: the M queries whose next-token logits are wanted; logits (M, vocab) and argmax
+ * (M: the greedy tokens, first index of the maximum as torch.argmax) receive them.
+ * scratch: N * (6 n_embd + n_inner + n_head * max_len) + 2 * threads * max(N * max(3 n_embd,
+ * n_inner), M * vocab) floats. */
+void hangpt_forward(const int *dims, int vocab, float eps, const float *const *weights, const long long *tokens,
+                    const long long *positions, const long long *rows, const long long *slots,
+                    const unsigned char *keep, long long keep_stride, float *kcache, float *vcache,
+                    const long long *out_rows, int M, float *logits, long long *argmax, float *scratch) {
+    const int L = dims[0], H = dims[1], C = dims[2], F = dims[3], N = dims[4], T = dims[5], B = dims[6];
+    const int threads = dims[7], D = C / H;
     const float scale = 1.0f / sqrtf((float)D);
-    float *x = scratch, *h = x + B * C, *qkv = h + B * C, *att = qkv + 3 * B * C, *f = att + B * C;
-    float *probs = f + B * F, *partial_a = probs + B * H * keys;
-    float *partial_b = partial_a + (size_t)threads * B * (3 * C > F ? (3 * C > vocab ? 3 * C : vocab) : (F > vocab ? F : vocab));
+    const size_t widest_block = (size_t)N * (3 * C > F ? 3 * C : F), widest_head = (size_t)M * vocab;
+    float *x = scratch, *h = x + (size_t)N * C, *qkv = h + (size_t)N * C, *att = qkv + 3 * (size_t)N * C;
+    float *f = att + (size_t)N * C, *probs = f + (size_t)N * F, *partial_a = probs + (size_t)N * H * T;
+    float *partial_b = partial_a + threads * (widest_block > widest_head ? widest_block : widest_head);
     const float *const *top = weights + L * PER_LAYER;
 
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for
-        for (int b = 0; b < B; b++) {
-            const float *te = top[2] + (size_t)tokens[b] * C;
-            const float *pe = top[3] + (size_t)(positions ? positions[b] : past) * C;
-            for (int c = 0; c < C; c++) x[b * C + c] = te[c] + pe[c];
+        for (int n = 0; n < N; n++) {
+            const float *te = top[2] + (size_t)tokens[n] * C, *pe = top[3] + (size_t)positions[n] * C;
+            for (int c = 0; c < C; c++) x[(size_t)n * C + c] = te[c] + pe[c];
         }
         for (int l = 0; l < L; l++) {
             const float *const *w = weights + l * PER_LAYER;
-            layer_norm_band(x, w[LN1_W], w[LN1_B], h, B, C, eps);
-            matmul(h, w[ATTN_W], w[ATTN_B], qkv, B, C, 3 * C, 0, partial_a);
+            layer_norm_band(x, 0, w[LN1_W], w[LN1_B], h, N, C, eps);
+            matmul(h, w[ATTN_W], w[ATTN_B], qkv, N, C, 3 * C, 0, partial_a);
 #pragma omp barrier
 #pragma omp for
-            for (int bh = 0; bh < B * H; bh++) {
-                int b = bh / H, hd = bh % H;
-                size_t head_offset = (((size_t)l * B + b) * H + hd) * T * D;
-                float *kc = kcache + head_offset, *vc = vcache + head_offset;
-                const float *q = qkv + (size_t)b * 3 * C + hd * D;
-                memcpy(kc + (size_t)past * D, q + C, D * sizeof(float));
-                memcpy(vc + (size_t)past * D, q + 2 * C, D * sizeof(float));
-                float *p = probs + (size_t)bh * keys, best = -INFINITY;
-                for (int t = 0; t < keys; t++) {
-                    if (keep && t < past && !keep[b * keep_stride + t]) {
-                        p[t] = -INFINITY;  /* a pad key; the row's own new key is always kept */
+            for (int nh = 0; nh < N * H; nh++) {  /* every query's key and value into its slot */
+                int n = nh / H, hd = nh % H;
+                size_t at = ((((size_t)l * B + rows[n]) * H + hd) * T + slots[n]) * D;
+                memcpy(kcache + at, qkv + (size_t)n * 3 * C + C + hd * D, D * sizeof(float));
+                memcpy(vcache + at, qkv + (size_t)n * 3 * C + 2 * C + hd * D, D * sizeof(float));
+            }
+#pragma omp for
+            for (int nh = 0; nh < N * H; nh++) {
+                int n = nh / H, hd = nh % H, own = (int)slots[n];
+                size_t head_offset = (((size_t)l * B + rows[n]) * H + hd) * T * D;
+                const float *kc = kcache + head_offset, *vc = vcache + head_offset;
+                const float *q = qkv + (size_t)n * 3 * C + hd * D;
+                const unsigned char *real = keep ? keep + rows[n] * keep_stride : 0;
+                float *p = probs + (size_t)nh * T, best = -INFINITY;
+                for (int t = 0; t <= own; t++) {
+                    if (real && t < own && !real[t]) {
+                        p[t] = -INFINITY;  /* a pad key; the query's own key is always kept */
                         continue;
                     }
                     float s = 0.0f;
@@ -201,20 +216,20 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
                     if (p[t] > best) best = p[t];
                 }
                 float sum = 0.0f;
-                for (int t = 0; t < keys; t++) sum += (p[t] = expf(p[t] - best));
-                float *y = att + (size_t)b * C + hd * D;
+                for (int t = 0; t <= own; t++) sum += (p[t] = expf(p[t] - best));
+                float *y = att + (size_t)n * C + hd * D;
                 for (int d = 0; d < D; d++) y[d] = 0.0f;
-                for (int t = 0; t < keys; t++) {
+                for (int t = 0; t <= own; t++) {
                     float pt = p[t] / sum;
                     if (pt == 0.0f) continue;
 #pragma omp simd
                     for (int d = 0; d < D; d++) y[d] += pt * vc[(size_t)t * D + d];
                 }
             }
-            matmul(att, w[PROJ_W], w[PROJ_B], x, B, C, C, 1, partial_b);
+            matmul(att, w[PROJ_W], w[PROJ_B], x, N, C, C, 1, partial_b);
 #pragma omp barrier
-            layer_norm_band(x, w[LN2_W], w[LN2_B], h, B, C, eps);
-            matmul(h, w[FC_W], w[FC_B], f, B, C, F, 0, partial_a);
+            layer_norm_band(x, 0, w[LN2_W], w[LN2_B], h, N, C, eps);
+            matmul(h, w[FC_W], w[FC_B], f, N, C, F, 0, partial_a);
             {
                 /* GELU on the columns this thread has just summed, which are also the band of rows
                  * of the next matmul it reads: no barrier before, between, or after (the next
@@ -222,25 +237,25 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
                  * this one) */
                 int o0, o1;
                 share(F, 16, &o0, &o1);
-                for (int b = 0; b < B; b++) {
-                    float *fb = f + (size_t)b * F;
+                for (int n = 0; n < N; n++) {
+                    float *fn = f + (size_t)n * F;
 #pragma omp simd
-                    for (int o = o0; o < o1; o++) fb[o] = gelu_tanh(fb[o]);
+                    for (int o = o0; o < o1; o++) fn[o] = gelu_tanh(fn[o]);
                 }
             }
-            matmul(f, w[FC2_W], w[FC2_B], x, B, F, C, 1, partial_b);
+            matmul(f, w[FC2_W], w[FC2_B], x, N, F, C, 1, partial_b);
 #pragma omp barrier
         }
-        layer_norm_band(x, top[0], top[1], h, B, C, eps);
-        matmul(h, top[4], 0, logits, B, C, vocab, 0, partial_a);
+        layer_norm_band(x, out_rows, top[0], top[1], h, M, C, eps);  /* only the queries asked for */
+        matmul(h, top[4], 0, logits, M, C, vocab, 0, partial_a);
 #pragma omp barrier
 #pragma omp for
-        for (int b = 0; b < B; b++) {  /* the greedy choice, first index of the maximum as torch.argmax */
-            const float *row = logits + (size_t)b * vocab;
+        for (int m = 0; m < M; m++) {
+            const float *row = logits + (size_t)m * vocab;
             int best = 0;
             for (int o = 1; o < vocab; o++)
                 if (row[o] > row[best]) best = o;
-            argmax[b] = best;
+            argmax[m] = best;
         }
     }
 }
@@ -252,7 +267,7 @@ void hangpt_decode_step(const int *dims, int vocab, float eps, const float *cons
  * in cache memory) instead of being copied whole every step. dims as above. */
 void hangpt_reorder_cache(const int *dims, const long long *parents, int filled, float *k, float *v, float *k_tmp,
                           float *v_tmp) {
-    const int L = dims[0], H = dims[1], C = dims[2], B = dims[4], T = dims[5], threads = dims[7];
+    const int L = dims[0], H = dims[1], C = dims[2], B = dims[6], T = dims[5], threads = dims[7];
     const int D = C / H;
     const size_t block = (size_t)T * D, bytes = (size_t)filled * D * sizeof(float);
     unsigned char save[B];

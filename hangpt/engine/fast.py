@@ -1,4 +1,4 @@
-"""The CPU fast path of decoding: one step of every row fused in C (decode_step.c).
+"""The CPU fast path of decoding: each step, and short prompts, in one C call (decode_step.c).
 
 The C file is compiled once per machine with the system's C compiler (`cc`, OpenMP) into the
 user's cache folder and loaded with ctypes; nothing is built at install time. Where that is not
@@ -30,6 +30,9 @@ SOURCE = Path(__file__).with_name("decode_step.c")
 # tried in order: this CPU's widest vectors where the compiler knows the flag (x86 with AVX-512),
 # this CPU's instruction set, then the generic target
 FLAG_CHOICES = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
+# prompts up to this many tokens (all rows together) are prefilled in C too; longer ones by PyTorch,
+# whose attention kernel is better at long sequences
+PREFILL_TOKENS = 64
 
 
 def cache_folder() -> Path:
@@ -79,9 +82,9 @@ def library() -> ctypes.CDLL | None:
     except (OSError, FileNotFoundError) as exc:
         warnings.warn(f"fast CPU decoding unavailable ({exc}); using the PyTorch forward", stacklevel=2)
         return None
-    lib.hangpt_decode_step.restype = None
-    lib.hangpt_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_float] + [ctypes.c_void_p] * 4 + [
-        ctypes.c_longlong] + [ctypes.c_void_p] * 5
+    lib.hangpt_forward.restype = None
+    lib.hangpt_forward.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_float] + [ctypes.c_void_p] * 6 + [
+        ctypes.c_longlong, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3
     lib.hangpt_topk.restype = None
     lib.hangpt_topk.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                 ctypes.c_void_p, ctypes.c_void_p]
@@ -111,7 +114,7 @@ def weight_key(t: torch.Tensor) -> tuple[int, int]:
 
 
 class FastDecoder:
-    """Runs `GPT.forward` for one new token per row with a KVCache, in one C call.
+    """Runs `GPT.forward` with a KVCache in one C call: one new token per row, or short prompts.
 
     `bind` reads the weight pointers once per generation (PPO trains the model between
     generations; a changed tensor is noticed by its version counter), so a step costs one C call
@@ -144,51 +147,70 @@ class FastDecoder:
             self._pointers = (ctypes.c_void_p * len(params))(*[t.data_ptr() for t in self._weights])
             self._key = key
 
-    def _dims(self, B: int, max_length: int, past: int):
+    def _dims(self, queries: int, cache: KVCache):
         cfg = self.model.config
-        return (ctypes.c_int * 8)(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.mlp_width, B, max_length, past,
-                                  torch.get_num_threads())
+        return (ctypes.c_int * 8)(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.mlp_width, queries, cache.k.shape[3],
+                                  cache.k.shape[1], torch.get_num_threads())
 
-    def reorder_rows(self, index: torch.Tensor, filled: int, k, v, spare_k, spare_v) -> None:
-        """For KVCache.reorder (beam search, every step): row b of k/v takes the filled positions of
-        row index[b], in place, in one C call (all four are a KVCache's contiguous buffers)."""
+    def reorder_rows(self, cache: KVCache, index: torch.Tensor, spare_k, spare_v) -> None:
+        """For KVCache.reorder (beam search, every step): row b of the cache takes the filled
+        positions of row index[b], in place, in one C call (spare_k/v: scratch of the cache's shape)."""
         parents = index.to(torch.long).contiguous()
-        self.lib.hangpt_reorder_cache(self._dims(len(index), k.shape[3], filled), parents.data_ptr(), filled,
-                                      k.data_ptr(), v.data_ptr(), spare_k.data_ptr(), spare_v.data_ptr())
+        self.lib.hangpt_reorder_cache(self._dims(0, cache), parents.data_ptr(), cache.length, cache.k.data_ptr(),
+                                      cache.v.data_ptr(), spare_k.data_ptr(), spare_v.data_ptr())
 
     def step(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None,
              padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B,) long; positions (B, 1) long or None; padding_mask (B, >= past+1) bool or
-        None. Appends to the cache and returns the next-token logits (B, vocab) and their argmax
-        (B,), the greedy tokens, computed in the same call."""
-        cfg = self.model.config
+        """One new token per cache row: tokens (B,); positions (B, 1) or None (then the cache
+        length); padding_mask (B, >= past+1) bool or None. Appends to the cache and returns the
+        next-token logits (B, vocab) and their argmax (B,), the greedy tokens, from the same call."""
         B, past = tokens.shape[0], cache.length
-        if past + 1 > cfg.n_positions:
+        slots = torch.full((B,), past, dtype=torch.long)
+        positions = slots if positions is None else positions.reshape(B)
+        return self._forward(tokens, positions, self._rows(B), slots, padding_mask, cache, self._rows(B), past + 1)
+
+    def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None,
+                cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts (B, P) into an empty cache in one call; returns the logits and argmax of
+        each row's last position. For short prompts only (PREFILL_TOKENS): the attention here
+        is the plain loop, not SDPA's blocked kernel."""
+        B, P = input_ids.shape
+        slots = torch.arange(P).repeat(B)
+        positions = slots if position_ids is None else position_ids.reshape(-1)
+        return self._forward(input_ids.reshape(-1), positions, self._rows(B).repeat_interleave(P), slots, padding_mask,
+                             cache, self._rows(B) * P + (P - 1), P)
+
+    def _rows(self, B: int) -> torch.Tensor:
+        rows = getattr(self._local, "rows", None)
+        if rows is None or len(rows) != B:
+            rows = self._local.rows = torch.arange(B)
+        return rows
+
+    def _forward(self, tokens, positions, rows, slots, padding_mask, cache: KVCache, out_rows, length: int):
+        cfg = self.model.config
+        if length > cfg.n_positions:
             from ..errors import InputError
 
-            raise InputError(f"sequence of {past + 1} tokens is longer than the model's context ({cfg.n_positions})")
-        k, v = cache.k, cache.v
-        if not (k.is_contiguous() and v.is_contiguous()):
-            cache.k, cache.v = k, v = k.contiguous(), v.contiguous()
-        dims = self._dims(B, k.shape[3], past)
+            raise InputError(f"sequence of {length} tokens is longer than the model's context ({cfg.n_positions})")
+        if not (cache.k.is_contiguous() and cache.v.is_contiguous()):
+            cache.k, cache.v = cache.k.contiguous(), cache.v.contiguous()
+        N, M = len(tokens), len(out_rows)
+        dims = self._dims(N, cache)
         threads = dims[7]
-        widest = max(3 * cfg.n_embd, cfg.mlp_width, cfg.vocab_size)
-        need = B * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * (past + 1) + 2 * threads * widest)
+        widest = max(N * max(3 * cfg.n_embd, cfg.mlp_width), M * cfg.vocab_size)
+        need = N * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * cache.k.shape[3]) + 2 * threads * widest
         scratch = getattr(self._local, "scratch", None)
         if scratch is None or scratch.numel() < need:
-            scratch = self._local.scratch = torch.empty(need + B * cfg.n_head * 256)  # room for 256 more steps
-        logits = torch.empty(B, cfg.vocab_size)
-        argmax = torch.empty(B, dtype=torch.long)
-        tokens = tokens.to(torch.long).contiguous()
-        if positions is not None:
-            positions = positions.to(torch.long).contiguous()
+            scratch = self._local.scratch = torch.empty(need)
+        logits = torch.empty(M, cfg.vocab_size)
+        argmax = torch.empty(M, dtype=torch.long)
+        tokens, positions = tokens.to(torch.long).contiguous(), positions.to(torch.long).contiguous()
         if padding_mask is not None and padding_mask.stride(1) != 1:
             padding_mask = padding_mask.contiguous()
-        self.lib.hangpt_decode_step(
-            dims, cfg.vocab_size, cfg.layer_norm_epsilon, self._pointers, tokens.data_ptr(),
-            None if positions is None else positions.data_ptr(),
-            None if padding_mask is None else padding_mask.data_ptr(),
-            0 if padding_mask is None else padding_mask.stride(0),
-            k.data_ptr(), v.data_ptr(), logits.data_ptr(), argmax.data_ptr(), scratch.data_ptr())
-        cache.length = past + 1
+        self.lib.hangpt_forward(
+            dims, cfg.vocab_size, cfg.layer_norm_epsilon, self._pointers, tokens.data_ptr(), positions.data_ptr(),
+            rows.data_ptr(), slots.data_ptr(), None if padding_mask is None else padding_mask.data_ptr(),
+            0 if padding_mask is None else padding_mask.stride(0), cache.k.data_ptr(), cache.v.data_ptr(),
+            out_rows.data_ptr(), M, logits.data_ptr(), argmax.data_ptr(), scratch.data_ptr())
+        cache.length = length
         return logits, argmax
