@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from importlib import import_module
 
 import click
@@ -63,6 +64,8 @@ def cli(debug):
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HANGPT_DEBUG") == "1"
+    if not debug:  # warnings as one line each, like errors
+        warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
     try:
         code = cli.main(args=argv, prog_name="hangpt", standalone_mode=False)
     except click.exceptions.Exit as e:
