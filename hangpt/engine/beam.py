@@ -23,11 +23,13 @@ BIG = -1.0e9
 def beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> list[list[Completion]]:
     model = engine.model
     training = model.training
-    model.eval()
+    if training:
+        model.eval()
     try:
         return _beam_search(engine, prompts, config)
     finally:
-        model.train(training)
+        if training:
+            model.train()
 
 
 @torch.inference_mode()

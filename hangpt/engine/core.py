@@ -201,11 +201,11 @@ class Engine:
                 ))
         return rows
 
-    @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], total: int) -> tuple[Batch, torch.Tensor]:
         """Run the left-padded prompts in one forward into a cache sized for `total` positions;
         returns the batch and the next-token logits (B, V), computing the LM head for the last
-        position only."""
+        position only. The batch's tensors are ordinary tensors (made outside inference mode), so
+        the C step updates them without an autograd guard."""
         B, P = len(prompts), max(len(p) for p in prompts)
         model, dev = self.model, self.device
         cache = KVCache(model.config, B, max(total - 1, P), dtype=model.lm_head.weight.dtype, device=dev)
@@ -226,12 +226,13 @@ class Engine:
             batch.greedy = batch.fast.prefill(inputs, pos, padding_mask, cache)
             return batch, batch.greedy[0]
         mask = padding_mask[:, :P] if padded else None
-        hidden = model(inputs, position_ids=pos, padding_mask=mask, cache=cache, return_logits=False).logits
-        return batch, self.next_token_logits(hidden[:, -1])
+        with torch.inference_mode():
+            hidden = model(inputs, position_ids=pos, padding_mask=mask, cache=cache, return_logits=False).logits
+            return batch, self.next_token_logits(hidden[:, -1])
 
-    @torch.inference_mode()
     def step(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
-        """Append `tokens` (B,) to every row and return the next-token logits (B, V)."""
+        """Append `tokens` (B,) to every row and return the next-token logits (B, V). The C step
+        never sees a tensor that requires grad; the PyTorch forward runs in inference mode."""
         if batch.record:
             batch.seqs[:, batch.length] = tokens
         batch.length += 1
@@ -241,20 +242,23 @@ class Engine:
             if batch.positions is not None:
                 batch.positions += 1
             return batch.greedy[0]
-        if batch.padding_mask is None:
-            hidden = self.model(tokens.unsqueeze(1), cache=batch.cache, return_logits=False).logits
-        else:
-            hidden = self.model(tokens.unsqueeze(1), position_ids=batch.positions, return_logits=False,
-                                padding_mask=batch.padding_mask[:, : batch.length], cache=batch.cache).logits
-            batch.positions += 1
-        return self.next_token_logits(hidden[:, -1])
+        with torch.inference_mode():
+            if batch.padding_mask is None:
+                hidden = self.model(tokens.unsqueeze(1), cache=batch.cache, return_logits=False).logits
+            else:
+                hidden = self.model(tokens.unsqueeze(1), position_ids=batch.positions, return_logits=False,
+                                    padding_mask=batch.padding_mask[:, : batch.length], cache=batch.cache).logits
+            if batch.positions is not None:
+                batch.positions += 1
+            return self.next_token_logits(hidden[:, -1])
 
     def _decode(self, rows: list[_Row], prompts: list[list[int]], stream: bool,
                 is_cancelled: Callable[[int], bool] | None):
         """Greedy/sampling decoding of all rows together. Yields each row once, finished, or with
         stream=True `(row, text, token_ids, logprobs)` whenever a row has new text or finishes."""
         training = self.model.training
-        self.model.eval()
+        if training:
+            self.model.eval()
         try:
             steps = max(r.max_new for r in rows)
             batch, logits = self.prefill(prompts, max(len(p) for p in prompts) + steps)
@@ -293,13 +297,13 @@ class Engine:
                 if len(keep) < len(active):
                     index = torch.tensor(keep, device=self.device)
                     active = [active[i] for i in keep]
-                    with torch.inference_mode():
-                        batch.select(index)
-                        proc.select(index)
-                        tokens = tokens.index_select(0, index)
+                    batch.select(index)  # no inference mode: the batch keeps ordinary tensors
+                    proc.select(index)
+                    tokens = tokens.index_select(0, index)
                 logits = self.step(batch, tokens)
         finally:
-            self.model.train(training)
+            if training:
+                self.model.train()
 
     def _event(self, row: _Row, pending: dict):
         """Streaming: (row, text, token_ids, logprobs) when there is text to show or the row ended."""
@@ -320,9 +324,9 @@ class Engine:
         logprobs = row.logprobs[start : start + len(new_ids)] if row.logprobs is not None else None
         return row, text, new_ids, logprobs
 
-    @torch.inference_mode()
     def _choose(self, logits, batch: Batch, proc: Processor, rows: list[_Row], want_logprobs: bool):
-        """Next token of every row: penalties, then argmax or a sample from the warped distribution."""
+        """Next token of every row: penalties, then argmax or a sample from the warped distribution.
+        (No autograd guard needed: nothing here requires grad.)"""
         scores = logits
         if proc.penalizes:
             scores = proc.penalize(logits, batch.seqs[:, : batch.length], batch.prompt_length)

@@ -157,10 +157,11 @@ static inline float gelu_tanh(float x) {
  * and value at its slot, then attends to the slots 0..its own of its row (causal), skipping pad
  * slots (keep = 0) except its own, as model.attention_mask_for does.
  *
- * dims: n_layer, n_head, n_embd, n_inner, N, max_len, B, threads.
+ * dims: n_layer, n_head, n_embd, n_inner, N, max_len, B, threads, past.
  * weights: PER_LAYER pointers per layer, then ln_f weight, ln_f bias, wte, wpe, head (n_embd, vocab).
- * tokens, positions, rows, slots: N each. keep: B rows of keep_stride bytes (1 = a real token) or
- * NULL. out_rows: the M queries whose next-token logits are wanted; logits (M, vocab) and argmax
+ * tokens, positions, rows, slots: N each; NULL rows means query n is row n, NULL slots means every
+ * slot is `past`, NULL positions means each position is the slot (a decoding step without padding). keep: B rows of keep_stride bytes (1 = a real token) or
+ * NULL. out_rows: the M queries whose next-token logits are wanted (NULL: all N, M = N); logits (M, vocab) and argmax
  * (M: the greedy tokens, first index of the maximum as torch.argmax) receive them.
  * scratch: N * (6 n_embd + n_inner + n_head * max_len) + 2 * threads * max(N * max(3 n_embd,
  * n_inner), M * vocab) floats. */
@@ -169,7 +170,9 @@ void hangpt_forward(const int *dims, int vocab, float eps, const float *const *w
                     const unsigned char *keep, long long keep_stride, float *kcache, float *vcache,
                     const long long *out_rows, int M, float *logits, long long *argmax, float *scratch) {
     const int L = dims[0], H = dims[1], C = dims[2], F = dims[3], N = dims[4], T = dims[5], B = dims[6];
-    const int threads = dims[7], D = C / H;
+    const int threads = dims[7], past = dims[8], D = C / H;
+#define ROW(n) (rows ? rows[n] : (long long)(n))
+#define SLOT(n) (slots ? slots[n] : (long long)past)
     const float scale = 1.0f / sqrtf((float)D);
     const size_t widest_block = (size_t)N * (3 * C > F ? 3 * C : F), widest_head = (size_t)M * vocab;
     float *x = scratch, *h = x + (size_t)N * C, *qkv = h + (size_t)N * C, *att = qkv + 3 * (size_t)N * C;
@@ -181,7 +184,7 @@ void hangpt_forward(const int *dims, int vocab, float eps, const float *const *w
     {
 #pragma omp for
         for (int n = 0; n < N; n++) {
-            const float *te = top[2] + (size_t)tokens[n] * C, *pe = top[3] + (size_t)positions[n] * C;
+            const float *te = top[2] + (size_t)tokens[n] * C, *pe = top[3] + (size_t)(positions ? positions[n] : SLOT(n)) * C;
             for (int c = 0; c < C; c++) x[(size_t)n * C + c] = te[c] + pe[c];
         }
         for (int l = 0; l < L; l++) {
@@ -192,17 +195,17 @@ void hangpt_forward(const int *dims, int vocab, float eps, const float *const *w
 #pragma omp for
             for (int nh = 0; nh < N * H; nh++) {  /* every query's key and value into its slot */
                 int n = nh / H, hd = nh % H;
-                size_t at = ((((size_t)l * B + rows[n]) * H + hd) * T + slots[n]) * D;
+                size_t at = ((((size_t)l * B + ROW(n)) * H + hd) * T + SLOT(n)) * D;
                 memcpy(kcache + at, qkv + (size_t)n * 3 * C + C + hd * D, D * sizeof(float));
                 memcpy(vcache + at, qkv + (size_t)n * 3 * C + 2 * C + hd * D, D * sizeof(float));
             }
 #pragma omp for
             for (int nh = 0; nh < N * H; nh++) {
-                int n = nh / H, hd = nh % H, own = (int)slots[n];
-                size_t head_offset = (((size_t)l * B + rows[n]) * H + hd) * T * D;
+                int n = nh / H, hd = nh % H, own = (int)SLOT(n);
+                size_t head_offset = (((size_t)l * B + ROW(n)) * H + hd) * T * D;
                 const float *kc = kcache + head_offset, *vc = vcache + head_offset;
                 const float *q = qkv + (size_t)n * 3 * C + hd * D;
-                const unsigned char *real = keep ? keep + rows[n] * keep_stride : 0;
+                const unsigned char *real = keep ? keep + ROW(n) * keep_stride : 0;
                 float *p = probs + (size_t)nh * T, best = -INFINITY;
                 for (int t = 0; t <= own; t++) {
                     if (real && t < own && !real[t]) {
@@ -246,7 +249,7 @@ void hangpt_forward(const int *dims, int vocab, float eps, const float *const *w
             matmul(f, w[FC2_W], w[FC2_B], x, N, F, C, 1, partial_b);
 #pragma omp barrier
         }
-        layer_norm_band(x, out_rows, top[0], top[1], h, M, C, eps);  /* only the queries asked for */
+        layer_norm_band(x, out_rows, top[0], top[1], h, M, C, eps);  /* only the queries asked for (NULL: all) */
         matmul(h, top[4], 0, logits, M, C, vocab, 0, partial_a);
 #pragma omp barrier
 #pragma omp for
@@ -258,6 +261,8 @@ void hangpt_forward(const int *dims, int vocab, float eps, const float *const *w
             argmax[m] = best;
         }
     }
+#undef ROW
+#undef SLOT
 }
 
 /* Beam search, in place: row b of the cache takes the first `filled` positions of row

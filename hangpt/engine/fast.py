@@ -149,8 +149,8 @@ class FastDecoder:
 
     def _dims(self, queries: int, cache: KVCache):
         cfg = self.model.config
-        return (ctypes.c_int * 8)(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.mlp_width, queries, cache.k.shape[3],
-                                  cache.k.shape[1], torch.get_num_threads())
+        return (ctypes.c_int * 9)(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.mlp_width, queries, cache.k.shape[3],
+                                  cache.k.shape[1], torch.get_num_threads(), cache.length)
 
     def reorder_rows(self, cache: KVCache, index: torch.Tensor, spare_k, spare_v) -> None:
         """For KVCache.reorder (beam search, every step): row b of the cache takes the filled
@@ -164,10 +164,8 @@ class FastDecoder:
         """One new token per cache row: tokens (B,); positions (B, 1) or None (then the cache
         length); padding_mask (B, >= past+1) bool or None. Appends to the cache and returns the
         next-token logits (B, vocab) and their argmax (B,), the greedy tokens, from the same call."""
-        B, past = tokens.shape[0], cache.length
-        slots = torch.full((B,), past, dtype=torch.long)
-        positions = slots if positions is None else positions.reshape(B)
-        return self._forward(tokens, positions, self._rows(B), slots, padding_mask, cache, self._rows(B), past + 1)
+        B = tokens.shape[0]
+        return self._forward(tokens, positions, None, None, padding_mask, cache, None, B, cache.length + 1)
 
     def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None,
                 cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,17 +174,14 @@ class FastDecoder:
         is the plain loop, not SDPA's blocked kernel."""
         B, P = input_ids.shape
         slots = torch.arange(P).repeat(B)
-        positions = slots if position_ids is None else position_ids.reshape(-1)
-        return self._forward(input_ids.reshape(-1), positions, self._rows(B).repeat_interleave(P), slots, padding_mask,
-                             cache, self._rows(B) * P + (P - 1), P)
+        positions = slots if position_ids is None else position_ids
+        rows = torch.arange(B)
+        return self._forward(input_ids, positions, rows.repeat_interleave(P), slots, padding_mask, cache,
+                             rows * P + (P - 1), B, P)
 
-    def _rows(self, B: int) -> torch.Tensor:
-        rows = getattr(self._local, "rows", None)
-        if rows is None or len(rows) != B:
-            rows = self._local.rows = torch.arange(B)
-        return rows
-
-    def _forward(self, tokens, positions, rows, slots, padding_mask, cache: KVCache, out_rows, length: int):
+    def _forward(self, tokens, positions, rows, slots, padding_mask, cache: KVCache, out_rows, M: int, length: int):
+        """The C forward of tokens.numel() queries (see decode_step.c); rows, slots, out_rows None
+        for one decoding query per row."""
         cfg = self.model.config
         if length > cfg.n_positions:
             from ..errors import InputError
@@ -194,23 +189,33 @@ class FastDecoder:
             raise InputError(f"sequence of {length} tokens is longer than the model's context ({cfg.n_positions})")
         if not (cache.k.is_contiguous() and cache.v.is_contiguous()):
             cache.k, cache.v = cache.k.contiguous(), cache.v.contiguous()
-        N, M = len(tokens), len(out_rows)
+        N = tokens.numel()
         dims = self._dims(N, cache)
-        threads = dims[7]
         widest = max(N * max(3 * cfg.n_embd, cfg.mlp_width), M * cfg.vocab_size)
-        need = N * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * cache.k.shape[3]) + 2 * threads * widest
+        need = N * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * cache.k.shape[3]) + 2 * dims[7] * widest
         scratch = getattr(self._local, "scratch", None)
         if scratch is None or scratch.numel() < need:
             scratch = self._local.scratch = torch.empty(need)
         logits = torch.empty(M, cfg.vocab_size)
         argmax = torch.empty(M, dtype=torch.long)
-        tokens, positions = tokens.to(torch.long).contiguous(), positions.to(torch.long).contiguous()
+        tokens, positions = as_long(tokens), as_long(positions)
         if padding_mask is not None and padding_mask.stride(1) != 1:
             padding_mask = padding_mask.contiguous()
         self.lib.hangpt_forward(
-            dims, cfg.vocab_size, cfg.layer_norm_epsilon, self._pointers, tokens.data_ptr(), positions.data_ptr(),
-            rows.data_ptr(), slots.data_ptr(), None if padding_mask is None else padding_mask.data_ptr(),
-            0 if padding_mask is None else padding_mask.stride(0), cache.k.data_ptr(), cache.v.data_ptr(),
-            out_rows.data_ptr(), M, logits.data_ptr(), argmax.data_ptr(), scratch.data_ptr())
+            dims, cfg.vocab_size, cfg.layer_norm_epsilon, self._pointers, tokens.data_ptr(), pointer(positions),
+            pointer(rows), pointer(slots), pointer(padding_mask), 0 if padding_mask is None else padding_mask.stride(0),
+            cache.k.data_ptr(), cache.v.data_ptr(), pointer(out_rows), M, logits.data_ptr(), argmax.data_ptr(),
+            scratch.data_ptr())
         cache.length = length
         return logits, argmax
+
+
+def as_long(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A contiguous int64 tensor with t's values (t itself when it already is one)."""
+    if t is None or (t.dtype == torch.long and t.is_contiguous()):
+        return t
+    return t.to(torch.long).contiguous()
+
+
+def pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
