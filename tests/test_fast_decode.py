@@ -156,3 +156,18 @@ def test_topk_equals_torch_topk():
     assert torch.equal(values, expected.values) and torch.equal(indices, expected.indices)
     ties = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
     assert fast.topk(ties, 3)[1].tolist() == [[1, 2, 4]]  # equal values: lower index first
+
+
+def test_unwritable_cache_folder_falls_back_to_the_temp_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("HANGPT_CACHE", str(blocker / "cache"))  # cannot be created
+    monkeypatch.setattr(fast.tempfile, "gettempdir", lambda: str(tmp_path))
+    fast.library.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "unavailable" warning
+            assert fast.library() is not None
+        assert list(tmp_path.glob("hangpt-*/decode_step-*.so"))
+    finally:
+        fast.library.cache_clear()

@@ -51,6 +51,10 @@ def _cpu_signature() -> str:
         return platform.machine() + platform.processor()
 
 
+class CompileError(OSError):
+    """The C compiler is missing or rejected the file (another folder would not help)."""
+
+
 def _compile(target: Path) -> None:
     """Build the shared library atomically (temp file + rename), so parallel first uses never
     load a half-written file."""
@@ -60,27 +64,40 @@ def _compile(target: Path) -> None:
         out = Path(tmp) / target.name
         base = [compiler, "-O3", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(out), "-lm"]
         for flags in FLAG_CHOICES:
-            result = subprocess.run(base[:1] + flags + base[1:], capture_output=True, text=True)
+            try:
+                result = subprocess.run(base[:1] + flags + base[1:], capture_output=True, text=True)
+            except OSError as exc:
+                raise CompileError(f"cannot run {compiler}: {exc.strerror or exc}") from exc
             if result.returncode == 0:
                 os.replace(out, target)
                 return
         errors = [line for line in result.stderr.splitlines() if "error" in line]
-        raise OSError(f"{compiler} failed: {(errors or ['no output'])[0].strip()}")
+        raise CompileError(f"{compiler} failed: {(errors or ['no output'])[0].strip()}")
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled decode step, or None where it cannot be built (the engine then uses PyTorch)."""
+    """The compiled decode step, or None where it cannot be built (the engine then uses PyTorch).
+    Built in the cache folder, or in the temp folder when that one cannot be written."""
     if os.environ.get("HANGPT_FAST_DECODE", "1") == "0" or sys.platform == "win32":
         return None
     key = hashlib.sha256(SOURCE.read_bytes() + repr(FLAG_CHOICES).encode() + _cpu_signature().encode())
-    target = cache_folder() / f"decode_step-{key.hexdigest()[:16]}.so"
-    try:
-        if not target.exists():
-            _compile(target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, FileNotFoundError) as exc:
-        warnings.warn(f"fast CPU decoding unavailable ({exc}); using the PyTorch forward", stacklevel=2)
+    name = f"decode_step-{key.hexdigest()[:16]}.so"
+    lib = problem = None
+    for folder in (cache_folder(), Path(tempfile.gettempdir()) / f"hangpt-{os.getuid()}"):
+        target = folder / name
+        try:
+            if not target.exists():
+                _compile(target)
+            lib = ctypes.CDLL(str(target))
+            break
+        except CompileError as exc:
+            problem = exc
+            break
+        except OSError as exc:  # a folder we cannot write to: try the next one
+            problem = exc
+    if lib is None:
+        warnings.warn(f"fast CPU decoding unavailable ({problem}); using the PyTorch forward", stacklevel=2)
         return None
     lib.hangpt_forward.restype = None
     lib.hangpt_forward.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_float] + [ctypes.c_void_p] * 6 + [
