@@ -133,11 +133,11 @@ class KVCache:
             return
         if self._spare is None:
             self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
-        n = self.length
         spare_k, spare_v = self._spare
         if reorder_rows is not None:
             reorder_rows(self, index, spare_k, spare_v)
             return
+        n = self.length
         torch.index_select(self.k[:, :, :, :n], 1, index, out=spare_k[:, :, :, :n])
         torch.index_select(self.v[:, :, :, :n], 1, index, out=spare_v[:, :, :, :n])
         self._spare = (self.k, self.v)

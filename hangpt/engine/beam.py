@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .config import Completion, GenerationConfig
+from .core import evaluating
 from .fast import topk
 from .processors import Processor
 from .text import truncate_at_stop
@@ -21,15 +22,8 @@ BIG = -1.0e9
 
 
 def beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> list[list[Completion]]:
-    model = engine.model
-    training = model.training
-    if training:
-        model.eval()
-    try:
+    with evaluating(engine.model):
         return _beam_search(engine, prompts, config)
-    finally:
-        if training:
-            model.train()
 
 
 @torch.inference_mode()

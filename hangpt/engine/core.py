@@ -8,6 +8,7 @@ remaining rows decode faster. Beam search lives in beam.py and shares the batch 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -19,6 +20,20 @@ from .config import Completion, GenerationConfig, StreamEvent
 from .fast import PREFILL_TOKENS, FastDecoder, library, weight_key
 from .processors import Processor
 from .text import TextStream, ids_before
+
+
+@contextmanager
+def evaluating(model: GPT):
+    """Eval mode (no dropout) for generation, restored afterwards; a model already in eval mode is
+    not walked twice (train()/eval() visit every module)."""
+    training = model.training
+    if training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if training:
+            model.train()
 
 
 @dataclass
@@ -236,30 +251,24 @@ class Engine:
         if batch.record:
             batch.seqs[:, batch.length] = tokens
         batch.length += 1
+        mask = batch.padding_mask[:, : batch.length] if batch.padding_mask is not None else None
         if batch.fast is not None:
-            mask = batch.padding_mask[:, : batch.length] if batch.padding_mask is not None else None
             batch.greedy = batch.fast.step(tokens, batch.cache, batch.positions, mask)
-            if batch.positions is not None:
-                batch.positions += 1
-            return batch.greedy[0]
-        with torch.inference_mode():
-            if batch.padding_mask is None:
-                hidden = self.model(tokens.unsqueeze(1), cache=batch.cache, return_logits=False).logits
-            else:
-                hidden = self.model(tokens.unsqueeze(1), position_ids=batch.positions, return_logits=False,
-                                    padding_mask=batch.padding_mask[:, : batch.length], cache=batch.cache).logits
-            if batch.positions is not None:
-                batch.positions += 1
-            return self.next_token_logits(hidden[:, -1])
+            logits = batch.greedy[0]
+        else:
+            with torch.inference_mode():
+                hidden = self.model(tokens.unsqueeze(1), position_ids=batch.positions, padding_mask=mask,
+                                    cache=batch.cache, return_logits=False).logits
+                logits = self.next_token_logits(hidden[:, -1])
+        if batch.positions is not None:
+            batch.positions += 1
+        return logits
 
     def _decode(self, rows: list[_Row], prompts: list[list[int]], stream: bool,
                 is_cancelled: Callable[[int], bool] | None):
         """Greedy/sampling decoding of all rows together. Yields each row once, finished, or with
         stream=True `(row, text, token_ids, logprobs)` whenever a row has new text or finishes."""
-        training = self.model.training
-        if training:
-            self.model.eval()
-        try:
+        with evaluating(self.model):
             steps = max(r.max_new for r in rows)
             batch, logits = self.prefill(prompts, max(len(p) for p in prompts) + steps)
             proc = Processor([r.config for r in rows], self.vocab_size, self.device)
@@ -301,9 +310,6 @@ class Engine:
                     proc.select(index)
                     tokens = tokens.index_select(0, index)
                 logits = self.step(batch, tokens)
-        finally:
-            if training:
-                self.model.train()
 
     def _event(self, row: _Row, pending: dict):
         """Streaming: (row, text, token_ids, logprobs) when there is text to show or the row ended."""
