@@ -20,7 +20,7 @@ import torch
 from hangpt.checkpoint import load_checkpoint, save_checkpoint
 from hangpt.data.conversations import read_conversations
 from hangpt.engine import Engine, GenerationConfig
-from hangpt.model import GPT
+from hangpt.models import GPT
 from hangpt.templates import template_for
 from hangpt.train.loop import TrainConfig
 from hangpt.train.sft import holdout_split, run_sft

@@ -40,7 +40,7 @@ def train_config(out: Path, minutes: float, batch_size: int, lr: float, seed: in
 def make_sft(work: Path, convs: list, minutes: float, seed: int) -> Path:
     """A small GPT with its own tokenizer, fine-tuned from scratch on the training Q/A pairs."""
     from hangpt.checkpoint import save_checkpoint
-    from hangpt.model import GPT, GPTConfig
+    from hangpt.models import GPT, GPTConfig
     from hangpt.tokenizer import train_tokenizer
     from hangpt.train.sft import run_sft
 

@@ -37,7 +37,7 @@ def make_model(out: Path) -> None:
     import torch
 
     from hangpt.checkpoint import save_checkpoint
-    from hangpt.model import preset_config, GPT
+    from hangpt.models import preset_config, GPT
     from hangpt.tokenizer import train_tokenizer
 
     text = (Path(__file__).resolve().parents[1] / "hangpt" / "demo_data" / "korean_text.txt").read_text("utf-8")

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from hangpt.model import GPT, GPTConfig
+from hangpt.models import GPT, GPTConfig
 from hangpt.train.loop import TrainConfig, make_optimizer
 from hangpt.train.pretrain import lm_loss
 

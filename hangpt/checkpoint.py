@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from .errors import InputError
-from .model import GPT, GPTConfig
+from .models import GPT, GPTConfig
 from .tokenizer import Tokenizer
 
 # Buffers old GPT-2 checkpoints carry (the causal mask); recomputed here, never loaded.

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .model import GPT
+from .models import GPT
 
 # Families that draw Hangul; the first one installed is used for heatmap labels.
 _HANGUL_FONTS = ("NanumGothic", "Noto Sans CJK KR", "Noto Sans KR", "Noto Sans CJK JP", "Malgun Gothic",

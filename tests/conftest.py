@@ -43,7 +43,7 @@ def tiny_tokenizer():
 def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
     """A random tiny hangpt checkpoint folder (2 layers, 64 wide) with our tokenizer."""
     from hangpt.checkpoint import save_checkpoint
-    from hangpt.model import GPT, GPTConfig
+    from hangpt.models import GPT, GPTConfig
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=tiny_tokenizer.vocab_size, n_positions=128, n_embd=64, n_layer=2, n_head=4,

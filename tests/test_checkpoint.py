@@ -15,7 +15,7 @@ from hangpt.checkpoint import (
     write_file_atomic,
 )
 from hangpt.errors import InputError
-from hangpt.model import GPT, GPTConfig
+from hangpt.models import GPT, GPTConfig
 
 
 def _model(tok, seed=0):

@@ -12,7 +12,7 @@ import torch
 from hangpt.checkpoint import load_checkpoint
 from hangpt.engine import Engine, GenerationConfig
 from hangpt.engine import fast
-from hangpt.model import GPT, GPTConfig, KVCache
+from hangpt.models import GPT, GPTConfig, KVCache
 
 # a machine with a C compiler must build the step (a compile error fails these tests, not skips them)
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,

@@ -6,7 +6,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from hangpt.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from hangpt.model import GPT, GPTConfig, KVCache  # noqa: E402
+from hangpt.models import GPT, GPTConfig, KVCache  # noqa: E402
 
 
 def _hf_tiny(tmp_path, tiny_tokenizer, fmt="safetensors"):

@@ -85,7 +85,7 @@ def test_rm_rejects_a_plain_model(tiny_checkpoint):
 
 def test_pad_token_added_when_tokenizer_pads_with_eos():
     from conftest import make_corpus
-    from hangpt.model import GPT, GPTConfig
+    from hangpt.models import GPT, GPTConfig
     from hangpt.tokenizer import EOS, train_tokenizer
     from hangpt.train.reward import ensure_pad_token
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..errors import InputError
-from ..model import GPT, KVCache
+from ..models import GPT, KVCache
 from .config import Completion, GenerationConfig, StreamEvent
 from .fast import PREFILL_TOKENS, FastDecoder, library, weight_key
 from .processors import Processor

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..model import GPT, KVCache
+from ..models import GPT, KVCache
 
 SOURCE = Path(__file__).with_name("decode_step.c")
 # tried in order: this CPU's widest vectors where the compiler knows the flag (x86 with AVX-512),

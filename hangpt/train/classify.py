@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import InputError
-from ..model import GPT
+from ..models import GPT
 from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
 from .losses import next_token_loss
 from .sft import holdout_split

@@ -23,7 +23,7 @@ from ..checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from ..data.shards import TokenShards, TokenWindows, build_shards, corpus_key, is_val_document, iter_corpus, split_every
 from ..data.text import expand_paths
 from ..errors import InputError
-from ..model import GPT, preset_config
+from ..models import GPT, preset_config
 from ..tokenizer import Tokenizer, bytes_per_token, train_tokenizer
 from .loop import TrainConfig, Trainer, distributed, seed_everything
 

@@ -62,7 +62,7 @@ class GPTConfig:
     @classmethod
     def from_hf_dict(cls, d: dict) -> "GPTConfig":
         """Read a GPT-2 config.json; refuse options this architecture does not implement."""
-        from .errors import InputError
+        from ..errors import InputError
 
         if d.get("model_type", "gpt2") != "gpt2":
             raise InputError(f"config.json: model_type {d.get('model_type')!r} is not a GPT-2 architecture")
@@ -92,7 +92,7 @@ PRESETS = {
 
 
 def preset_config(name: str, **overrides) -> GPTConfig:
-    from .errors import InputError
+    from ..errors import InputError
 
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -348,7 +348,7 @@ class GPT(nn.Module):
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if past + T > self.config.n_positions:
-            from .errors import InputError
+            from ..errors import InputError
 
             raise InputError(
                 f"sequence of {past + T} tokens is longer than the model's context ({self.config.n_positions})"
