@@ -13,11 +13,8 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .models import GPT
-
-# Families that draw Hangul; the first one installed is used for heatmap labels.
-_HANGUL_FONTS = ("NanumGothic", "Noto Sans CJK KR", "Noto Sans KR", "Noto Sans CJK JP", "Malgun Gothic",
-                 "AppleGothic", "Apple SD Gothic Neo", "UnDotum", "Baekmuk Gulim", "WenQuanYi Zen Hei")
+from .models import CausalLM
+from .plotting import plot_labels as _labels, pyplot as _pyplot, save_figure as _save
 
 
 @dataclass
@@ -43,12 +40,12 @@ def hidden_names(n: int) -> list[str]:
 
 
 @torch.no_grad()
-def inspect_text(model: GPT, tokenizer, text: str, top_k: int = 10) -> Inspection:
+def inspect_text(model: CausalLM, tokenizer, text: str, top_k: int = 10) -> Inspection:
     """One forward pass over `text` (truncated to the model's context, keeping the end)."""
     ids = tokenizer.encode(text)
     if not ids:
         raise InputError("--text: the text is empty (no tokens to inspect)")
-    ids = ids[-model.config.n_positions:]
+    ids = ids[-model.config.context_length:]
     out = model(torch.tensor([ids]), output_hidden_states=True, output_attentions=True)
     probs = out.logits[0, -1].float().softmax(-1)
     p, idx = probs.topk(min(top_k, probs.numel()))
@@ -62,7 +59,7 @@ def inspect_text(model: GPT, tokenizer, text: str, top_k: int = 10) -> Inspectio
     )
 
 
-def parameter_summary(model: GPT) -> list[dict]:
+def parameter_summary(model: CausalLM) -> list[dict]:
     """Parameters per module (embeddings, each block's ln/attn/mlp, ln_f, the tied lm_head).
 
     Shared tensors are counted once, at their first owner, so the total equals
@@ -157,37 +154,3 @@ def _draw(ax, weights: torch.Tensor, labels: list[str], title: str, ticks: bool)
         ax.set_yticks([])
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
-
-
-def _labels(pieces: list[str]) -> list[str]:
-    """Tick labels: Hangul needs a font that has it; without one, show escapes rather than boxes."""
-    if _pyplot.hangul_font:  # type: ignore[attr-defined]
-        return [p.replace("\n", "\\n") for p in pieces]
-    return [p.encode("ascii", "backslashreplace").decode().replace("\n", "\\n") for p in pieces]
-
-
-def _pyplot():
-    """matplotlib without a display, with a Hangul-capable font when one is installed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import font_manager
-
-    if not hasattr(_pyplot, "hangul_font"):
-        installed = {f.name for f in font_manager.fontManager.ttflist}
-        _pyplot.hangul_font = next((f for f in _HANGUL_FONTS if f in installed), None)  # type: ignore[attr-defined]
-    if _pyplot.hangul_font:  # type: ignore[attr-defined]
-        plt.rcParams["font.family"] = [_pyplot.hangul_font, "DejaVu Sans"]  # type: ignore[attr-defined]
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
