@@ -30,7 +30,7 @@ def rm_train(model, data, out, as_json, **opts):
 
     require_model(model, opts["resume"])
     pairs = read_preferences(data)
-    log(f"{len(pairs)} preference pairs from {data}")
+    log(f"{len(pairs)} preference pairs from {data}{pairs.skipped_note()}")
     cfg = train_config(out, opts, batch_size=8, lr=1e-4, default_epochs=1)
     val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
     summary = train_reward_model(model, pairs, cfg, max_length=opts["max_length"], val_fraction=val_fraction, log=log)
@@ -72,6 +72,7 @@ def rm_eval(model, data, batch_size, as_json):
 
     rm_model, tokenizer, template, _ = load_reward_model(model)
     pairs = read_preferences(data)
+    log(f"{len(pairs)} preference pairs from {data}{pairs.skipped_note()}")
     examples = encode_pairs(pairs, template, tokenizer, rm_model.gpt.config.n_positions)
     metrics = {k.removeprefix("val_"): v for k, v in evaluate_pairs(rm_model, examples, tokenizer.pad_id, batch_size).items()}
     metrics["pairs"] = len(pairs)
@@ -130,7 +131,7 @@ def dpo(model, data, out, beta, as_json, **opts):
 
     require_model(model, opts["resume"])
     pairs = read_preferences(data)
-    log(f"{len(pairs)} preference pairs from {data}")
+    log(f"{len(pairs)} preference pairs from {data}{pairs.skipped_note()}")
     cfg = train_config(out, opts, batch_size=8, lr=5e-5, default_epochs=1)
     val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
     summary = train_dpo(model, pairs, cfg, beta=beta, max_length=opts["max_length"], val_fraction=val_fraction, log=log)
@@ -177,7 +178,7 @@ def ppo(model, reward_model, prompts, out, mini_batch_size, ppo_epochs, max_new_
 
     require_model(model, opts["resume"])
     prompt_list = read_prompts(prompts)
-    log(f"{len(prompt_list)} prompts from {prompts}")
+    log(f"{len(prompt_list)} prompts from {prompts}{prompt_list.skipped_note('prompts')}")
     cfg = train_config(out, {**opts, "epochs": None}, batch_size=16, lr=1e-5, default_epochs=None)
     if opts["epochs"] and not opts["max_steps"]:
         cfg.max_steps = max(1, math.ceil(opts["epochs"] * len(prompt_list) / cfg.batch_size))

@@ -32,7 +32,7 @@ def sft(model, data, out, template, question_column, answer_column, as_json, **o
 
     require_model(model, opts["resume"])
     conversations = read_conversations(data, question_column=question_column, answer_column=answer_column)
-    log(f"{len(conversations)} conversations from {data}")
+    log(f"{len(conversations)} conversations from {data}{conversations.skipped_note()}")
     cfg = train_config(out, opts, batch_size=16, lr=3e-4, default_epochs=3)
     val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
     summary = run_sft(model, conversations, cfg, template_name=template, max_length=opts["max_length"],

@@ -15,26 +15,28 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
+from .records import Records, has_blank_text
 
 _ROLES = ("system", "user", "assistant")
 
 
-def read_conversations(path: str | Path, *, question_column: str = "Q", answer_column: str = "A") -> list[list[dict]]:
-    """Each example as messages ending with the assistant's answer. Errors name file and line/record."""
+def read_conversations(path: str | Path, *, question_column: str = "Q", answer_column: str = "A") -> Records:
+    """Each example as messages ending with the assistant's answer. Errors name file and line/record;
+    JSON records with an empty prompt or completion are skipped and counted (`.skipped`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     text = _read_utf8(path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        examples = _read_table(path, text, "\t" if suffix == ".tsv" else ",", question_column, answer_column)
+        examples = Records(_read_table(path, text, "\t" if suffix == ".tsv" else ",", question_column, answer_column))
     elif suffix in (".json", ".jsonl"):
         examples = _read_json_records(path, text)
     else:
         raise InputError(f"{path}: unknown conversation format (use .csv/.tsv with {question_column}/{answer_column} "
                          f"columns, or .json/.jsonl with prompt/completion or messages)")
     if not examples:
-        raise InputError(f"{path}: no examples in this file")
+        raise InputError(f"{path}: no examples in this file{examples.skipped_note()}")
     return examples
 
 
@@ -71,15 +73,17 @@ def _read_table(path: Path, text: str, delimiter: str, q_col: str, a_col: str) -
     return examples
 
 
-def _read_json_records(path: Path, text: str) -> list[list[dict]]:
+def _read_json_records(path: Path, text: str) -> Records:
     stripped = text.lstrip()
+    examples = Records()
     if stripped.startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-        return [_record_messages(r, f"{path}: record {i}") for i, r in enumerate(records, start=1)]
-    examples = []
+        for i, record in enumerate(records, start=1):
+            _add_record(examples, record, f"{path}: record {i}")
+        return examples
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -87,8 +91,15 @@ def _read_json_records(path: Path, text: str) -> list[list[dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: line {line_no}: invalid JSON ({e.msg})") from None
-        examples.append(_record_messages(record, f"{path}: line {line_no}"))
+        _add_record(examples, record, f"{path}: line {line_no}")
     return examples
+
+
+def _add_record(examples: Records, record, where: str) -> None:
+    if has_blank_text(record, ("prompt", "completion")):
+        examples.skip(where)
+    else:
+        examples.append(_record_messages(record, where))
 
 
 def _record_messages(record, where: str) -> list[dict]:

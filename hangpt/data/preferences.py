@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..templates import ChatTemplate, IGNORE_INDEX, prepare_tokenizer, template_for
+from .records import Records, has_blank_text
 
 
 @dataclass
@@ -35,31 +36,39 @@ class PreferencePair:
         return d
 
 
-def read_preferences(path: str | Path) -> list[PreferencePair]:
-    """Every preference pair in a file; a bad record stops with the file and record named."""
+def read_preferences(path: str | Path) -> Records:
+    """Every preference pair in a file. A record with an empty prompt or answer is skipped and
+    counted (`.skipped`); a record of the wrong shape stops with the file and record named."""
     path = Path(path)
-    pairs: list[PreferencePair] = []
+    pairs = Records()
     for where, record in _read_records(path):
+        if has_blank_text(record):
+            pairs.skip(f"{path}: {where}")
+            continue
         pairs.extend(_record_pairs(record, f"{path}: {where}"))
     if not pairs:
-        raise InputError(f"{path}: no preference pairs in this file")
+        raise InputError(f"{path}: no preference pairs in this file{pairs.skipped_note()}")
     return pairs
 
 
-def read_prompts(path: str | Path) -> list[str | list[dict]]:
-    """Prompts for PPO rollouts: `{"prompt"}` records (JSONL/array) or one prompt per line."""
+def read_prompts(path: str | Path) -> Records:
+    """Prompts for PPO rollouts: `{"prompt"}` records (JSONL/array) or one prompt per line. Empty
+    prompts are skipped and counted (`.skipped`)."""
     path = Path(path)
     text = _read_text(path)
+    prompts = Records()
     if path.suffix.lower() in (".json", ".jsonl") or text.lstrip().startswith(("{", "[")):
-        prompts = []
         for where, record in _read_records(path, text):
             if not isinstance(record, dict) or "prompt" not in record:
                 raise InputError(f"{path}: {where}: expected an object with a \"prompt\" field")
+            if has_blank_text(record, ("prompt",)):
+                prompts.skip(f"{path}: {where}")
+                continue
             prompts.append(_prompt(record["prompt"], f"{path}: {where}"))
     else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        prompts.extend(line.strip() for line in text.splitlines() if line.strip())
     if not prompts:
-        raise InputError(f"{path}: no prompts in this file")
+        raise InputError(f"{path}: no prompts in this file{prompts.skipped_note('prompts')}")
     return prompts
 
 
