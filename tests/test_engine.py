@@ -41,7 +41,7 @@ def test_engine_follows_weights_that_change_in_place(tiny_checkpoint):
     between rollouts) must be seen by the next generation."""
     ckpt = load_checkpoint(tiny_checkpoint)
     engine = Engine(ckpt.model, ckpt.tokenizer)
-    hidden = torch.randn(3, ckpt.model.config.n_embd)
+    hidden = torch.randn(3, ckpt.model.config.hidden_size)
     cfg = no_eos(max_new_tokens=8)
     engine.generate(["저는"], cfg)
     torch.testing.assert_close(engine.next_token_logits(hidden), ckpt.model.lm_head(hidden))
@@ -152,7 +152,7 @@ def test_eos_stops_and_is_not_returned(engine):
 
 
 def test_generation_stops_at_the_context_length(engine):
-    n_ctx = engine.model.config.n_positions
+    n_ctx = engine.model.config.context_length
     prompt = [5] * (n_ctx - 3)
     c = engine.generate([prompt], no_eos(max_new_tokens=50))[0][0]
     assert len(c.token_ids) == 4 and c.finish_reason == "length"
@@ -174,7 +174,7 @@ def test_bad_settings_give_one_clear_line(engine, kwargs, field):
 
 def test_bad_prompts(engine):
     with pytest.raises(InputError, match="longer than the model's context"):
-        engine.generate([[1] * (engine.model.config.n_positions + 1)], GenerationConfig())
+        engine.generate([[1] * (engine.model.config.context_length + 1)], GenerationConfig())
     with pytest.raises(InputError, match="outside the vocabulary"):
         engine.generate(["오늘"], GenerationConfig(logit_bias={10**6: 1.0}))
 

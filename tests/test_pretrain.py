@@ -109,7 +109,7 @@ def test_bits_per_byte_matches_a_direct_computation(tiny_checkpoint, corpus):
     result = evaluate_text(ckpt.model, ckpt.tokenizer, [small], batch_size=3)
     eos = ckpt.tokenizer.eos_id
     stream = [t for d in docs for t in [eos, *ckpt.tokenizer.encode(d)]]
-    ctx = ckpt.model.config.n_positions
+    ctx = ckpt.model.config.context_length
     total = 0.0
     with torch.no_grad():
         for s in range(0, len(stream) - 1, ctx):
@@ -134,7 +134,7 @@ def test_eval_command_json(tiny_checkpoint, corpus):
 
 def test_pretrain_from_a_new_tokenizer_and_preset_shape(tmp_path, corpus, monkeypatch):
     """No --tokenizer: one is trained on the data and saved with the model."""
-    from hangpt import model as model_module
+    from hangpt.models import gpt2 as model_module
 
     monkeypatch.setitem(model_module.PRESETS, "test", dict(vocab_size=300, n_positions=32, n_embd=32, n_layer=1, n_head=2))
     out = tmp_path / "run"

@@ -14,7 +14,11 @@ _COLUMN_HELP = ("Take this column of TSV/CSV files whose header has it (e.g. `do
 @click.command()
 @click.option("--data", "data", multiple=True, required=True, help=_DATA_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
-@click.option("--preset", default="tiny", show_default=True, help="Model shape for a new model: tiny, small, kogpt2.")
+@click.option("--arch", type=click.Choice(["gpt2", "llama"]), default="gpt2", show_default=True,
+              help="Architecture of a new model: GPT-2 (learned positions, LayerNorm, GELU) or Llama (RoPE, "
+                   "RMSNorm, SwiGLU, grouped-query attention).")
+@click.option("--preset", default="tiny", show_default=True,
+              help="Model shape for a new model: tiny, small (both architectures), kogpt2 (gpt2).")
 @click.option("--model", "model_dir", default=None, help="Continue pretraining this checkpoint instead of a new model.")
 @click.option("--tokenizer", "tokenizer_dir", default=None,
               help="Tokenizer folder; by default one is trained on the data (vocab size from the preset).")
@@ -23,7 +27,7 @@ _COLUMN_HELP = ("Take this column of TSV/CSV files whose header has it (e.g. `do
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
 @click.argument("more_data", nargs=-1, metavar="")
 @training_options
-def pretrain(data, more_data, out, preset, model_dir, tokenizer_dir, text_column, overwrite, as_json,
+def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, text_column, overwrite, as_json,
              epochs, max_steps, time_budget, batch_size, grad_accum, lr, max_length, val_fraction, eval_every,
              save_every, seed, resume, bf16, no_progress):
     """Pretrain a GPT from scratch (or continue one) by next-token prediction on text.
@@ -43,7 +47,7 @@ def pretrain(data, more_data, out, preset, model_dir, tokenizer_dir, text_column
         from ..errors import InputError
 
         raise InputError("give --max-steps, --epochs or --time-budget")
-    summary = run([*data, *more_data], out, cfg, preset=preset, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
+    summary = run([*data, *more_data], out, cfg, preset=preset, arch=arch, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
                   max_length=max_length, val_fraction=0.02 if val_fraction is None else val_fraction,
                   text_column=text_column, overwrite=overwrite)
     if summary is None:  # a DDP rank other than 0: rank 0 reports

@@ -30,7 +30,7 @@ def beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> l
 def _beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> list[list[Completion]]:
     nb, V, dev = config.num_beams, engine.vocab_size, engine.device
     B, P = len(prompts), max(len(p) for p in prompts)
-    max_new = min(config.max_new_tokens, engine.model.config.n_positions - P + 1)
+    max_new = min(config.max_new_tokens, engine.model.config.context_length - P + 1)
     max_len = P + max_new
     eos = torch.tensor(config.eos_ids(engine.model.config.eos_token_id), dtype=torch.long, device=dev)
     keep = max(2, 1 + len(eos)) * nb

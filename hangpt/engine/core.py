@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..errors import InputError
-from ..models import GPT, KVCache
+from ..models import CausalLM, KVCache
 from .config import Completion, GenerationConfig, StreamEvent
 from .fast import PREFILL_TOKENS, FastDecoder, library, weight_key
 from .processors import Processor
@@ -23,7 +23,7 @@ from .text import TextStream, ids_before
 
 
 @contextmanager
-def evaluating(model: GPT):
+def evaluating(model: CausalLM):
     """Eval mode (no dropout) for generation, restored afterwards; a model already in eval mode is
     not walked twice (train()/eval() visit every module)."""
     training = model.training
@@ -73,9 +73,9 @@ class _Row:
 
 
 class Engine:
-    """Generation over a loaded GPT + tokenizer; the CLI, chat, server and RLHF all use it."""
+    """Generation over a loaded model (any family) + tokenizer; the CLI, chat, server and RLHF all use it."""
 
-    def __init__(self, model: GPT, tokenizer, fast_decode: bool = True):
+    def __init__(self, model: CausalLM, tokenizer, fast_decode: bool = True):
         """fast_decode=False always decodes with the PyTorch forward instead of the fused C step
         (the two give the same tokens; the switch is there to compare them)."""
         self.fast_decode = fast_decode
@@ -186,7 +186,7 @@ class Engine:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             ids = [self.model.config.bos_token_id]
-        n_ctx = self.model.config.n_positions
+        n_ctx = self.model.config.context_length
         if len(ids) > n_ctx:
             raise InputError(f"prompt of {len(ids)} tokens is longer than the model's context ({n_ctx} tokens)")
         if min(ids) < 0 or max(ids) >= self.vocab_size:
@@ -209,7 +209,7 @@ class Engine:
                     index=len(rows),
                     config=config,
                     eos=set(config.eos_ids(self.model.config.eos_token_id)),
-                    max_new=min(config.max_new_tokens, self.model.config.n_positions - P + 1),
+                    max_new=min(config.max_new_tokens, self.model.config.context_length - P + 1),
                     generator=generator,
                     text=TextStream(self.tokenizer, config.stop),
                     logprobs=[] if config.logprobs is not None else None,

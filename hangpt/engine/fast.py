@@ -15,6 +15,7 @@ import hashlib
 import operator
 import os
 import platform
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import GPT, KVCache
+from ..models import GPT, CausalLM, KVCache
 
 SOURCE = Path(__file__).with_name("decode_step.c")
 # tried in order: this CPU's widest vectors where the compiler knows the flag (x86 with AVX-512),
@@ -55,6 +56,26 @@ class CompileError(OSError):
     """The C compiler is missing or rejected the file (another folder would not help)."""
 
 
+class UnsafeFolder(OSError):
+    """A folder or library file another user could have written: never loaded from."""
+
+
+def _check_private(path: Path) -> None:
+    """Refuse `path` unless it is this user's own (not a symlink) and no one else can write it."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeFolder(f"{path} is not private to this user (owner uid {info.st_uid}, mode "
+                           f"{stat.filemode(info.st_mode)}); not loading a library from it")
+
+
+def private_folder(folder: Path) -> Path:
+    """`folder`, created with mode 0700 when missing, after checking that only this user can write it
+    (a library in a folder another user can write could be replaced by theirs)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(folder)
+    return folder
+
+
 def _compile(target: Path) -> None:
     """Build the shared library atomically (temp file + rename), so parallel first uses never
     load a half-written file."""
@@ -69,6 +90,7 @@ def _compile(target: Path) -> None:
             except OSError as exc:
                 raise CompileError(f"cannot run {compiler}: {exc.strerror or exc}") from exc
             if result.returncode == 0:
+                out.chmod(0o700)  # whatever the umask: only this user may replace what gets loaded
                 os.replace(out, target)
                 return
         errors = [line for line in result.stderr.splitlines() if "error" in line]
@@ -78,7 +100,8 @@ def _compile(target: Path) -> None:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled decode step, or None where it cannot be built (the engine then uses PyTorch).
-    Built in the cache folder, or in the temp folder when that one cannot be written."""
+    Built in the cache folder, or in a private folder in the temp folder when that one cannot be
+    written; loaded only from a folder and file of this user's that no one else can write."""
     if os.environ.get("HANGPT_FAST_DECODE", "1") == "0" or sys.platform == "win32":
         return None
     key = hashlib.sha256(SOURCE.read_bytes() + repr(FLAG_CHOICES).encode() + _cpu_signature().encode())
@@ -87,14 +110,16 @@ def library() -> ctypes.CDLL | None:
     for folder in (cache_folder(), Path(tempfile.gettempdir()) / f"hangpt-{os.getuid()}"):
         target = folder / name
         try:
+            private_folder(folder)
             if not target.exists():
                 _compile(target)
+            _check_private(target)
             lib = ctypes.CDLL(str(target))
             break
         except CompileError as exc:
             problem = exc
             break
-        except OSError as exc:  # a folder we cannot write to: try the next one
+        except OSError as exc:  # a folder we cannot write to, or not ours alone: try the next one
             problem = exc
     if lib is None:
         warnings.warn(f"fast CPU decoding unavailable ({problem}); using the PyTorch forward", stacklevel=2)
@@ -149,9 +174,10 @@ class FastDecoder:
         self._local = threading.local()  # scratch memory per thread (the server may decode in several)
 
     @staticmethod
-    def supports(model: GPT) -> bool:
+    def supports(model: CausalLM) -> bool:
+        """GPT-2's architecture in float32 on a CPU, with a C compiler."""
         p = model.lm_head.weight
-        return p.device.type == "cpu" and p.dtype == torch.float32 and library() is not None
+        return isinstance(model, GPT) and p.device.type == "cpu" and p.dtype == torch.float32 and library() is not None
 
     def bind(self, head: torch.Tensor) -> None:
         """Take the current weights; head is the LM head as (n_embd, vocab), contiguous."""

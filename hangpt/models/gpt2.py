@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .layers import CausalLM, KVCache, attend, dropout
 
 
 @dataclass
@@ -42,6 +43,30 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    # the names every family's config answers to (the engine and trainers use these)
+    model_type = "gpt2"
+    tie_word_embeddings = True
+
+    @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    @property
+    def context_length(self) -> int:
+        return self.n_positions
+
+    @property
+    def num_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def num_heads(self) -> int:
+        return self.n_head
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.n_head
 
     def to_hf_dict(self) -> dict:
         """config.json contents that `transformers.AutoConfig` reads as a GPT2Config."""
@@ -91,70 +116,6 @@ PRESETS = {
 }
 
 
-def preset_config(name: str, **overrides) -> GPTConfig:
-    from ..errors import InputError
-
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return GPTConfig(**{**PRESETS[name], **overrides})
-
-
-class KVCache:
-    """Preallocated keys/values for every layer, so decoding appends in place instead of concatenating.
-
-    `length` is how many positions are filled; every row of the batch shares it (left padding keeps
-    rows aligned, and the padding mask hides the pad slots).
-    """
-
-    def __init__(self, config: GPTConfig, batch_size: int, max_length: int, dtype=torch.float32, device="cpu"):
-        shape = (config.n_layer, batch_size, config.n_head, max_length, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.length = 0
-        self._spare: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def max_length(self) -> int:
-        return self.k.shape[3]
-
-    def reorder(self, index: torch.Tensor, reorder_rows=None) -> None:
-        """Select batch rows (beam search keeps the beams whose hypotheses survive at every step).
-
-        With the batch size unchanged only the filled positions are copied, into a spare buffer
-        that then swaps places with the cache: no allocation per step (a beam-4 step of the tiny
-        model: 26 instead of 134 us per tensor). `reorder_rows(cache, index, spare_k, spare_v)` may
-        reorder k and v in place instead, using the spare buffers as scratch (the engine's C
-        library does, copying only the rows that change).
-        """
-        if len(index) != self.k.shape[1]:
-            self.k = self.k.index_select(1, index)
-            self.v = self.v.index_select(1, index)
-            self._spare = None
-            return
-        if self._spare is None:
-            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
-        spare_k, spare_v = self._spare
-        if reorder_rows is not None:
-            reorder_rows(self, index, spare_k, spare_v)
-            return
-        n = self.length
-        torch.index_select(self.k[:, :, :, :n], 1, index, out=spare_k[:, :, :, :n])
-        torch.index_select(self.v[:, :, :, :n], 1, index, out=spare_v[:, :, :, :n])
-        self._spare = (self.k, self.v)
-        self.k, self.v = spare_k, spare_v
-
-
-class GPTOutput(NamedTuple):
-    logits: torch.Tensor  # (B, T, vocab), or (B, T, n_embd) hidden when return_logits=False
-    hidden_states: tuple[torch.Tensor, ...] | None  # embeddings + each block's output (ln_f applied to last)
-    attentions: tuple[torch.Tensor, ...] | None  # each (B, n_head, T, T_total)
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout that costs nothing when off (GPT-2 fine-tuning often sets p=0; generation always does)."""
-    return F.dropout(x, p, training=True) if training and p > 0 else x
-
-
 class Conv1D(nn.Module):
     """GPT-2's linear layer: y = x @ weight + bias, the weight stored (in, out) as in the checkpoints.
 
@@ -184,31 +145,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         # (B, T, 3C) -> three (B, n_head, T, head_dim) views: one permute instead of a split and 6 reshapes
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
-        if cache is not None:
-            start = cache.length
-            cache.k[layer_idx, :, :, start : start + T] = k
-            cache.v[layer_idx, :, :, start : start + T] = v
-            k = cache.k[layer_idx, :, :, : start + T]
-            v = cache.v[layer_idx, :, :, : start + T]
-        weights = None
-        if want_weights or (T == 1 and not self.training):
-            # written out: needed for the weights, and for one decoding query three plain ops cost
-            # less than SDPA's dispatch (the decode step is bound by per-op overhead, not FLOPs)
-            scores = (q @ k.transpose(-2, -1)).mul_(1 / math.sqrt(q.shape[-1]))
-            if mask is not None:
-                scores = scores.masked_fill_(~mask, float("-inf"))
-            weights = scores.softmax(dim=-1)
-            y = weights @ v
-            weights = weights if want_weights else None
-        elif mask is None:  # causal without a cache, or one new token attending to everything cached
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=T > 1, dropout_p=self.attn_dropout if self.training else 0.0
-            )
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
-            )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y, weights = attend(q, k, v, layer_idx, cache, mask, want_weights, self.attn_dropout, self.training)
         return dropout(self.c_proj(y), self.resid_dropout, self.training), weights
 
 
@@ -231,7 +168,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, layer_idx, cache, mask, want_weights):
+    def forward(self, x, layer_idx, cache, mask, want_weights, _extra=None):
         a, weights = self.attn(self.ln_1(x), layer_idx, cache, mask, want_weights)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
@@ -248,33 +185,7 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
-def attention_mask_for(
-    query_len: int, past_len: int, padding_mask: torch.Tensor | None, device=None
-) -> torch.Tensor | None:
-    """Boolean (B|1, 1, T, past+T) mask, True = may attend: causal, hiding pad keys.
-
-    Every position may always attend to itself, so a pad row never becomes all -inf (which would
-    turn into NaN and leak through the values of later layers).
-    Returns None for the plain causal case without a cache, where SDPA's is_causal is fastest, and
-    for one new token without padding (it may attend to every cached position: no mask at all).
-    """
-    if padding_mask is None and (past_len == 0 or query_len == 1):
-        return None
-    total = past_len + query_len
-    if query_len == 1:  # one decoding step: the real keys, and always itself (2 ops instead of ~10)
-        mask = padding_mask[:, None, None, :total].to(torch.bool, copy=True)
-        mask[..., -1] = True
-        return mask
-    q_pos = torch.arange(past_len, total, device=device).unsqueeze(1)
-    k_pos = torch.arange(total, device=device).unsqueeze(0)
-    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, total)
-    if padding_mask is not None:
-        keep = padding_mask[:, None, None, :total].bool()
-        mask = (mask & keep) | (k_pos == q_pos)[None, None]
-    return mask
-
-
-class GPT(nn.Module):
+class GPT(CausalLM):
     """GPT-2 language model. `forward` returns logits; the engine drives it with a KVCache."""
 
     def __init__(self, config: GPTConfig):
@@ -298,9 +209,29 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_parameters(self, include_embeddings: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n if include_embeddings else n - self.transformer.wpe.weight.numel()
+    # -- the CausalLM interface ----------------------------------------------------------------
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.h
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.transformer.ln_f
+
+    def embedding(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def set_embedding(self, emb: nn.Embedding) -> None:
+        self.transformer.wte = emb
+
+    def position_embedding_count(self) -> int:
+        return self.transformer.wpe.weight.numel()
+
+    def embed(self, input_ids, position_ids, past):
+        tr = self.transformer
+        T = input_ids.shape[1]
+        positions = tr.wpe.weight[past : past + T] if position_ids is None else tr.wpe(position_ids)
+        return dropout(tr.wte(input_ids) + positions, tr.embd_dropout, self.training), None
 
     def set_dropout(self, p: float) -> None:
         """Dropout on embeddings, attention weights and residual branches (GPT-1 fine-tuned its
@@ -310,71 +241,11 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.attn_dropout = block.attn.resid_dropout = block.mlp.dropout = p
 
-    def resize_token_embeddings(self, new_size: int) -> None:
-        """Grow (or shrink) the vocabulary, e.g. after adding chat role tokens to a tokenizer.
+    # -- checkpoint names ---------------------------------------------------------------------
+    # buffers old GPT-2 checkpoints carry (the causal mask): recomputed here, never loaded
+    ignored_checkpoint_suffixes = (".attn.bias", ".attn.masked_bias")
 
-        New rows start at the mean of the old embeddings (a neutral token) so the first
-        fine-tuning steps are not dominated by random logits.
-        """
-        old = self.transformer.wte.weight.data
-        if new_size == old.shape[0]:
-            return
-        emb = nn.Embedding(new_size, old.shape[1]).to(old.device, old.dtype)
-        n = min(new_size, old.shape[0])
-        emb.weight.data[:n] = old[:n]
-        if new_size > n:
-            emb.weight.data[n:] = old.mean(dim=0, keepdim=True)
-        self.transformer.wte = emb
-        self.lm_head.weight = emb.weight
-        self.config.vocab_size = new_size
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        *,
-        position_ids: torch.Tensor | None = None,
-        padding_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        return_logits: bool = True,
-    ) -> GPTOutput:
-        """Run the transformer on `input_ids` (B, T).
-
-        padding_mask: (B, past+T) with 1 for real tokens and 0 for padding, covering the cached
-        positions too. position_ids default to past..past+T-1 (pass them for left padding).
-        return_logits=False returns the final hidden states instead (for reward/value/class heads).
-        """
-        B, T = input_ids.shape
-        past = cache.length if cache is not None else 0
-        if past + T > self.config.n_positions:
-            from ..errors import InputError
-
-            raise InputError(
-                f"sequence of {past + T} tokens is longer than the model's context ({self.config.n_positions})"
-            )
-        tr = self.transformer
-        positions = tr.wpe.weight[past : past + T] if position_ids is None else tr.wpe(position_ids)
-        x = dropout(tr.wte(input_ids) + positions, tr.embd_dropout, self.training)
-        mask = attention_mask_for(T, past, padding_mask, device=input_ids.device)
-        if output_attentions and mask is None:
-            mask = attention_mask_for(T, 0, torch.ones(1, T, dtype=torch.bool, device=input_ids.device))
-        hidden_states = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
-        for i, block in enumerate(tr.h):
-            x, weights = block(x, i, cache, mask, output_attentions)
-            if output_hidden_states:
-                hidden_states.append(x)
-            if output_attentions:
-                attentions.append(weights)
-        x = tr.ln_f(x)
-        if output_hidden_states:
-            hidden_states[-1] = x  # as transformers does: the last entry has ln_f applied
-        if cache is not None:
-            cache.length = past + T
-        out = self.lm_head(x) if return_logits else x
-        return GPTOutput(
-            out,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-        )
+    @staticmethod
+    def checkpoint_key(name: str) -> str:
+        """Our parameter name for a tensor name in a GPT-2 checkpoint (old ones omit `transformer.`)."""
+        return name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name

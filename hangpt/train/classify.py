@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import InputError
-from ..models import GPT
+from ..models import CausalLM
 from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
 from .losses import next_token_loss
 from .sft import holdout_split
@@ -26,10 +26,10 @@ HEAD = "score.weight"
 
 
 class SequenceClassifier(nn.Module):
-    def __init__(self, gpt: GPT, num_labels: int):
+    def __init__(self, gpt: CausalLM, num_labels: int):
         super().__init__()
         self.gpt = gpt
-        self.score = nn.Linear(gpt.config.n_embd, num_labels, bias=False)
+        self.score = nn.Linear(gpt.config.hidden_size, num_labels, bias=False)
         nn.init.normal_(self.score.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, lm_loss: bool = False):
@@ -163,7 +163,7 @@ def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str
     if len(clf.labels) < 2:
         raise InputError(f"classification needs at least two labels; the data has only {clf.labels}")
     tokenizer, pad_id = clf.tokenizer, clf.tokenizer.pad_id
-    max_length = min(max_length, clf.model.gpt.config.n_positions)
+    max_length = min(max_length, clf.model.gpt.config.context_length)
     seqs, truncated = encode_texts(tokenizer, texts, max_length)
     if truncated:
         log(f"{truncated} texts were longer than --max-length {max_length} and were cut to their first tokens")

@@ -101,7 +101,7 @@ def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConf
         reference = ckpt.model
         base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
     model, tokenizer = ckpt.model, ckpt.tokenizer
-    max_length = min(max_length or model.config.n_positions, model.config.n_positions)
+    max_length = min(max_length or model.config.context_length, model.config.context_length)
     pad_id = tokenizer.pad_id
     dev = device()
     model.to(dev)

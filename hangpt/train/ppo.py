@@ -63,7 +63,7 @@ class PolicyWithValue(nn.Module):
     def __init__(self, gpt: nn.Module, v_weight: torch.Tensor | None = None, v_bias: torch.Tensor | None = None):
         super().__init__()
         self.gpt = gpt
-        self.v_head = nn.Linear(gpt.config.n_embd, 1)
+        self.v_head = nn.Linear(gpt.config.hidden_size, 1)
         nn.init.zeros_(self.v_head.weight)
         nn.init.zeros_(self.v_head.bias)
         if v_weight is not None:
@@ -154,7 +154,7 @@ class PPOTrainer(ResumableRun):
         from ..engine import Engine, GenerationConfig
 
         self.policy.eval()
-        n_ctx = self.policy.gpt.config.n_positions
+        n_ctx = self.policy.gpt.config.context_length
         prompt_ids = [self.encode_prompt(p)[-(n_ctx - self.ppo.max_new_tokens) :] for p in prompts]
         gen = GenerationConfig(max_new_tokens=self.ppo.max_new_tokens, do_sample=True,
                                temperature=self.ppo.temperature, seed=self.cfg.seed * 100_003 + self.step)

@@ -23,7 +23,7 @@ from ..checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from ..data.shards import TokenShards, TokenWindows, build_shards, corpus_key, is_val_document, iter_corpus, split_every
 from ..data.text import expand_paths
 from ..errors import InputError
-from ..models import GPT, preset_config
+from ..models import CausalLM, build_model, preset_config
 from ..tokenizer import Tokenizer, bytes_per_token, train_tokenizer
 from .loop import TrainConfig, Trainer, distributed, seed_everything
 
@@ -43,12 +43,12 @@ def lm_loss(model, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
 
 
 @torch.no_grad()
-def score_tokens(model: GPT, tokens: np.ndarray, n_bytes: int, context: int | None = None,
+def score_tokens(model: CausalLM, tokens: np.ndarray, n_bytes: int, context: int | None = None,
                  batch_size: int = 8) -> dict:
     """Loss, perplexity and bits per byte of a token stream, in non-overlapping windows of the
     model's context (each window also sees the token before it, so every token but the first is
     predicted exactly once)."""
-    context = context or model.config.n_positions
+    context = context or model.config.context_length
     if len(tokens) < 2:
         raise InputError("too little text to score (fewer than 2 tokens)")
     n_pred = len(tokens) - 1
@@ -72,7 +72,7 @@ def score_tokens(model: GPT, tokens: np.ndarray, n_bytes: int, context: int | No
             "tokens": n_pred, "bytes": n_bytes}
 
 
-def evaluate_text(model: GPT, tokenizer: Tokenizer, paths: Iterable[str | Path], *, text_column: str | None = None,
+def evaluate_text(model: CausalLM, tokenizer: Tokenizer, paths: Iterable[str | Path], *, text_column: str | None = None,
                   batch_size: int = 8) -> dict:
     """Score a model on text files (tokenized to a temporary shard, so large files stream)."""
     with tempfile.TemporaryDirectory(prefix="hangpt-eval-") as tmp:
@@ -140,6 +140,7 @@ def pretrain(
     cfg: TrainConfig,
     *,
     preset: str = "tiny",
+    arch: str = "gpt2",
     model_dir: str | None = None,
     tokenizer_dir: str | None = None,
     max_length: int | None = None,
@@ -164,19 +165,19 @@ def pretrain(
         if tokenizer_dir:
             tok = Tokenizer.load(tokenizer_dir)
         else:
-            vocab = preset_config(preset).vocab_size
+            vocab = preset_config(preset, arch).vocab_size
             tok, tok_info = _rank0_first(lambda: _corpus_tokenizer(data, cache, vocab, val_fraction, text_column))
         if tok.eos_id is None:
             raise InputError(f"{tokenizer_dir}: tokenizer has no end-of-text token")
         seed_everything(cfg.seed)
-        model = GPT(preset_config(preset, vocab_size=tok.vocab_size, bos_token_id=tok.eos_id, eos_token_id=tok.eos_id))
+        model = build_model(preset_config(preset, arch, vocab_size=tok.vocab_size, bos_token_id=tok.eos_id, eos_token_id=tok.eos_id))
     if tok.vocab_size > model.config.vocab_size:
         raise InputError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {model.config.vocab_size}")
-    length = max_length or model.config.n_positions
-    if length > model.config.n_positions:
-        raise InputError(f"--max-length {length} is longer than the model's context ({model.config.n_positions})")
+    length = max_length or model.config.context_length
+    if length > model.config.context_length:
+        raise InputError(f"--max-length {length} is longer than the model's context ({model.config.context_length})")
     if cfg.lr is None:
-        cfg.lr = 1e-3 if model.config.n_embd <= 512 else 3e-4
+        cfg.lr = 1e-3 if model.config.hidden_size <= 512 else 3e-4
     shards: TokenShards = _rank0_first(
         lambda: build_shards(data, tok, cache, val_fraction=val_fraction, text_column=text_column, log=_log))
     info = shards.info
@@ -194,7 +195,7 @@ def pretrain(
         r = score_tokens(m, val_tokens, val_bytes, context=length)
         return {"val_loss": r["loss"], "val_ppl": r["perplexity"], "val_bpb": r["bits_per_byte"]}
 
-    cfg.extra = {"preset": None if model_dir or state else preset, "max_length": length, "batch_size": cfg.batch_size,
+    cfg.extra = {"preset": None if model_dir or state else preset, "arch": None if model_dir or state else arch, "max_length": length, "batch_size": cfg.batch_size,
                  "grad_accum": cfg.grad_accum, "lr": cfg.lr, "world_size": world, "bf16": cfg.bf16,
                  "data": [str(p) for p in data], "text_column": text_column, "val_fraction": val_fraction,
                  "train_tokens": info["train"]["tokens"], "val_tokens": int(len(val_tokens))}

@@ -32,7 +32,7 @@ class RewardModel(nn.Module):
     def __init__(self, gpt: nn.Module, score_weight: torch.Tensor | None = None):
         super().__init__()
         self.gpt = gpt
-        self.score = nn.Linear(gpt.config.n_embd, 1, bias=False)
+        self.score = nn.Linear(gpt.config.hidden_size, 1, bias=False)
         if score_weight is None:
             nn.init.normal_(self.score.weight, std=0.02)
         else:
@@ -60,8 +60,8 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, object, ChatTempla
     """(reward model, tokenizer, chat template, hangpt.json) of a folder written by `rm train`."""
     ckpt = load_checkpoint(path)
     weight = ckpt.extra_tensors.get("score.weight")
-    if weight is None or weight.numel() != ckpt.model.config.n_embd:
-        raise InputError(f"{path}: not a reward model (no score.weight of shape (1, {ckpt.model.config.n_embd}); "
+    if weight is None or weight.numel() != ckpt.model.config.hidden_size:
+        raise InputError(f"{path}: not a reward model (no score.weight of shape (1, {ckpt.model.config.hidden_size}); "
                          f"train one with `hangpt rm train`)")
     rm = RewardModel(ckpt.model, weight).eval()
     return rm, ckpt.tokenizer, template_for(ckpt.meta), ckpt.meta
@@ -103,7 +103,7 @@ def collate_pairs(examples: list[PairExample], pad_id: int):
 def score_texts(rm: RewardModel, tokenizer, template: ChatTemplate, prompts: list, answers: list[str],
                 max_length: int | None = None, batch_size: int = 16) -> list[float]:
     """The reward of each (prompt, answer), rendered with the reward model's chat template."""
-    max_length = min(max_length or rm.gpt.config.n_positions, rm.gpt.config.n_positions)
+    max_length = min(max_length or rm.gpt.config.context_length, rm.gpt.config.context_length)
     rows = [encode_answer(template, tokenizer, p, a, max_length)[0] for p, a in zip(prompts, answers)]
     dev = next(rm.parameters()).device
     out: list[float] = []
@@ -144,7 +144,7 @@ def train_reward_model(model_dir: str | Path, pairs: list[PreferencePair], cfg: 
         ensure_pad_token(ckpt.tokenizer, ckpt.model)
         rm, tokenizer = RewardModel(ckpt.model), ckpt.tokenizer
         base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
-    max_length = min(max_length or rm.gpt.config.n_positions, rm.gpt.config.n_positions)
+    max_length = min(max_length or rm.gpt.config.context_length, rm.gpt.config.context_length)
     train_pairs, val_pairs = holdout_split(pairs, val_fraction, cfg.seed)
     train = encode_pairs(train_pairs, template, tokenizer, max_length)
     val = encode_pairs(val_pairs, template, tokenizer, max_length)

@@ -115,7 +115,7 @@ def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainCo
     if added:
         log(f"added tokens {', '.join(added)} to the tokenizer; embeddings resized to {model.config.vocab_size}")
     tokenizer.chat_template = template.to_jinja(tokenizer.eos_token or "")
-    max_length = min(max_length or model.config.n_positions, model.config.n_positions)
+    max_length = min(max_length or model.config.context_length, model.config.context_length)
     train_convs, val_convs = holdout_split(conversations, val_fraction, cfg.seed)
     train = encode_conversations(train_convs, template, tokenizer, max_length)
     val = encode_conversations(val_convs, template, tokenizer, max_length)
