@@ -10,6 +10,7 @@ swaps in real files of the same formats.
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import sys
@@ -20,9 +21,21 @@ from pathlib import Path
 
 from .errors import InputError
 
-# Share of the time budget each training stage gets; the rest covers the tokenizer, the policy
-# comparison and the report.
-STAGE_SHARES = {"pretrain": 0.40, "sft": 0.22, "rm": 0.08, "dpo": 0.08, "ppo": 0.14}
+# The work each stage does, in optimizer steps (batches of 16): what the embedded data needs for
+# the quality floor (distinct, on-topic answers to the held-out prompts), whatever the machine's
+# load. Epoch counts are turned into steps once the data size is known. With --base the model is
+# already pretrained: fewer epochs, and no pretraining.
+RECIPE = {"pretrain": {"steps": 400}, "sft": {"epochs": 6}, "rm": {"epochs": 3}, "dpo": {"epochs": 2},
+          "ppo": {"steps": 20}}
+BASE_RECIPE = {"sft": {"epochs": 2}, "rm": {"epochs": 1}, "dpo": {"epochs": 1}, "ppo": {"steps": 8}}
+# Seconds of one step of each stage relative to a pretraining step of the tiny model (batch 16 x 128
+# tokens), measured on a 2-core machine; used to print the expected time of each stage up front.
+STEP_COST = {"pretrain": 1.0, "sft": 0.45, "rm": 0.6, "dpo": 1.0, "ppo": 5.0}
+FIXED_SECONDS = 40  # tokenizer, preference pairs, policy comparison, report
+BATCH = 16
+# The report calls the chatbot degenerate below these shares of the held-out prompts.
+MIN_DISTINCT, MIN_ON_TOPIC = 0.75, 0.5
+STAGES = ("pretrain", "sft", "rm", "dpo", "ppo")
 
 
 @dataclass
@@ -80,36 +93,139 @@ def _has_qa_header(path: Path) -> bool:
     return "Q" in header and "A" in header
 
 
-class Demo:
-    """Runs the stages in order, collecting each stage's headline figure."""
+def measure_step_seconds(model=None, repeats: int = 3) -> float:
+    """Seconds of one training step (batch 16 x 128 tokens) of `model` (default: a fresh tiny GPT)
+    on this machine now: the unit the expected times are printed in."""
+    import torch
+    import torch.nn.functional as F
 
-    def __init__(self, out: Path, data: DemoData, minutes: float, seed: int = 1234, eval_prompts: int = 40, log=None):
+    from .models import build_model, preset_config
+
+    model = model or build_model(preset_config("tiny"))
+    length = min(129, model.config.context_length)
+    x = torch.randint(0, model.config.vocab_size, (BATCH, length))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the weights do not change
+    times = []
+    for _ in range(repeats + 1):  # the first step warms up
+        t0 = time.perf_counter()
+        logits = model(x[:, :-1]).logits
+        F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+class Demo:
+    """Runs the stages in order, collecting each stage's headline figure.
+
+    The work of every stage is a number of steps (RECIPE x `work`), so the result does not depend
+    on how busy the machine is; `minutes`, when given, scales the steps down to fit and the report
+    then says which stages got less training than the recipe. `base` (a checkpoint folder or hub
+    id) skips pretraining and fine-tunes that model instead.
+    """
+
+    def __init__(self, out: Path, data: DemoData, minutes: float | None = None, seed: int = 1234,
+                 eval_prompts: int = 40, log=None, work: float = 1.0, base: str | None = None,
+                 progress: bool = True):
         self.out, self.data, self.minutes, self.seed, self.eval_prompts = out, data, minutes, seed, eval_prompts
+        self.work, self.base, self.progress = work, base, progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.result = DemoResult(out)
-        self.n_stages = 8
+        self.stages = tuple(s for s in STAGES if not (base and s == "pretrain"))
+        self.n_stages = len(self.stages) + 3  # + pairs, compare, report
         self.stage_no = 0
+        self.steps: dict[str, int] = {}  # planned steps per stage
+        self.needed: dict[str, int] = {}  # steps the recipe asks for
+        self.step_seconds = 0.0
+
+    @property
+    def start_model(self) -> Path | str:
+        return self.base or self.out / "pretrain"
 
     def _stage(self, name: str, what: str) -> None:
         self.stage_no += 1
-        self.log(f"\n[{self.stage_no}/{self.n_stages}] {name}: {what}")
+        line = f"\n[{self.stage_no}/{self.n_stages}] {name}: {what}"
+        if name in self.steps:
+            eta = time.strftime("%H:%M", time.localtime(time.time() + self._expected(name)))
+            line += f"\n  {self.steps[name]} steps, about {_minutes(self._expected(name))} (done by ~{eta})"
+        self.log(line)
+        self._stage_start = time.perf_counter()
+
+    def _stage_done(self) -> None:
+        self.log(f"  took {_minutes(time.perf_counter() - self._stage_start)}")
+
+    def _expected(self, stage: str) -> float:
+        return self.steps[stage] * STEP_COST[stage] * self.step_seconds
 
     def _train_config(self, stage: str, **overrides):
         from .train.loop import TrainConfig
 
-        budget = self.minutes * STAGE_SHARES[stage]
-        settings = dict(out=self.out / stage, time_budget=budget, seed=self.seed, eval_every=10**9,
-                        save_every=10**9, log_every=5)
+        settings = dict(out=self.out / stage, max_steps=self.steps[stage], seed=self.seed, eval_every=10**9,
+                        save_every=10**9, log_every=5, batch_size=BATCH, progress=self.progress)
         settings.update(overrides)
         return TrainConfig(**settings)
+
+    def plan(self, conversations, n_pairs: int) -> None:
+        """Steps per stage from the recipe and the data size; the expected time from a measured
+        step. With a minutes budget, every stage is scaled down alike to fit it."""
+        recipe = BASE_RECIPE if self.base else RECIPE
+        sizes = {"sft": len(conversations), "rm": n_pairs, "dpo": n_pairs}
+        for stage in self.stages:
+            r = recipe[stage]
+            steps = r.get("steps") or math.ceil(r["epochs"] * math.ceil(sizes[stage] * 0.9) / BATCH)
+            self.needed[stage] = max(1, round(steps * self.work))
+        model = None
+        if self.base:
+            from .checkpoint import load_checkpoint
+
+            model = load_checkpoint(self.base).model
+        self.step_seconds = measure_step_seconds(model)
+        self.steps = dict(self.needed)
+        full = sum(self._expected(s) for s in self.stages) + FIXED_SECONDS
+        if self.minutes and full > self.minutes * 60:
+            scale = max(0.0, self.minutes * 60 - FIXED_SECONDS) / (full - FIXED_SECONDS)
+            self.steps = {s: max(1, int(n * scale)) for s, n in self.needed.items()}
+        expected = sum(self._expected(s) for s in self.stages) + FIXED_SECONDS
+        self.result.figures["expected_minutes"] = round(expected / 60, 1)
+        self.result.figures["full_recipe_minutes"] = round(full / 60, 1)
+        self.log(f"plan: {', '.join(f'{s} {n} steps' for s, n in self.steps.items())}; "
+                 f"expected about {_minutes(expected)} on this machine now "
+                 f"(one pretraining step measured at {self.step_seconds:.2f} s)")
+        for warning in self.short_stages():
+            self.log(f"warning: {warning}")
+
+    def short_stages(self) -> list[str]:
+        """One line per stage that gets fewer steps than the recipe, with the command that fixes it."""
+        short = [f"{s} {self.steps[s]} of {n} steps" for s, n in self.needed.items() if self.steps.get(s, n) < n]
+        if not short:
+            return []
+        return [f"less training than the demo's quality needs ({', '.join(short)}) because of --minutes "
+                f"{self.minutes}; for the full run (about {self.result.figures['full_recipe_minutes']} min here) "
+                f"use: {self.command(minutes=None)}"]
+
+    def command(self, **changes) -> str:
+        """The `hangpt demo` command of this run with some options changed."""
+        opts = {"minutes": self.minutes, "work": self.work if self.work != 1 else None, "base": self.base,
+                "out": str(self.out), **changes}
+        return "hangpt demo " + " ".join(f"--{k} {v}" for k, v in opts.items() if v is not None)
 
     def run(self) -> DemoResult:
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
+        from .data.preferences import make_pairs
+
         conversations = self._read_conversations()
-        self.pretrain()
+        pairs = make_pairs(conversations, seed=self.seed)
+        self.plan(conversations, len(pairs))
+        if not self.base:
+            self.pretrain()
         self.sft(conversations)
-        pairs = self.make_pairs(conversations)
+        self.write_pairs(pairs)
         self.reward_model(pairs)
         self.dpo(pairs)
         self.ppo(conversations)
@@ -128,7 +244,7 @@ class Demo:
         from .train.pretrain import pretrain
 
         self._stage("pretrain", f"tokenizer + tiny GPT on {', '.join(p.name for p in self.data.text)}")
-        cfg = self._train_config("pretrain", batch_size=16, lr=1e-3, log_every=10)
+        cfg = self._train_config("pretrain", lr=1e-3, log_every=10)
         summary = pretrain([str(p) for p in self.data.text], cfg.out, cfg, preset="tiny", max_length=128,
                            val_fraction=0.05, overwrite=True)
         final = summary["final"]
@@ -136,52 +252,55 @@ class Demo:
         self.result.figures["pretrain_val_bpb"] = final.get("val_bpb")
         self.result.figures["pretrain_val_loss"] = final.get("val_loss")
         self.result.figures["pretrain_steps"] = summary["steps"]
-        self.log(f"  validation bits per byte {final.get('val_bpb')}, {summary['steps']} steps, "
+        self.log(f"  validation bits per byte {_fmt(final.get('val_bpb'))}, {summary['steps']} steps, "
                  f"{summary['tokens']:,} tokens")
+        self._stage_done()
 
     def sft(self, conversations) -> None:
         from .train.sft import run_sft
 
         self._stage("sft", f"chatbot fine-tuning on {len(conversations)} Q/A pairs ({self.data.qa.name})")
         # a few hundred pairs: past ~6 epochs the validation answer loss rises again (memorising)
-        cfg = self._train_config("sft", batch_size=16, lr=5e-4, epochs=6)
-        summary = run_sft(self.out / "pretrain", conversations, cfg, template_name="default", max_length=128,
+        cfg = self._train_config("sft", lr=5e-5 if self.base else 5e-4)
+        summary = run_sft(self.start_model, conversations, cfg, template_name="default", max_length=128,
                           val_fraction=0.1, log=self.log)
         self.result.figures["sft_val_answer_loss"] = summary["final"].get("val_loss")
-        self.log(f"  validation answer loss {summary['final'].get('val_loss')}")
+        self.result.figures["sft_steps"] = summary["steps"]
+        self.log(f"  validation answer loss {_fmt(summary['final'].get('val_loss'))} nats/token")
+        self._stage_done()
 
-    def make_pairs(self, conversations):
-        from .data.preferences import make_pairs
-
+    def write_pairs(self, pairs) -> None:
         self._stage("pairs", "preference pairs: chosen = the real answer, rejected = a mismatched or corrupted one")
-        pairs = make_pairs(conversations, seed=self.seed)
         path = self.out / "preferences.jsonl"
         path.write_text("".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
         self.result.figures["preference_pairs"] = len(pairs)
         self.log(f"  {len(pairs)} pairs written to {path}")
-        return pairs
 
     def reward_model(self, pairs) -> None:
         from .train.reward import train_reward_model
 
         self._stage("rm", "reward model (pairwise loss) on the preference pairs")
         # a few epochs at most: 400 pairs are memorised long before the budget runs out
-        cfg = self._train_config("rm", batch_size=16, lr=3e-4, epochs=3)
+        cfg = self._train_config("rm", lr=3e-5 if self.base else 3e-4)
         summary = train_reward_model(self.out / "sft", pairs, cfg, max_length=128, val_fraction=0.1, log=self.log)
         self.result.figures["rm_val_accuracy"] = summary["final"].get("val_accuracy")
-        self.log(f"  held-out pairwise accuracy {summary['final'].get('val_accuracy')}")
+        self.result.figures["rm_steps"] = summary["steps"]
+        self.log(f"  held-out pairwise accuracy {_fmt(summary['final'].get('val_accuracy'))}")
+        self._stage_done()
 
     def dpo(self, pairs) -> None:
         from .train.dpo import train_dpo
 
         self._stage("dpo", "Direct Preference Optimization against the frozen SFT model")
-        cfg = self._train_config("dpo", batch_size=16, lr=2e-4, epochs=2)
+        cfg = self._train_config("dpo", lr=2e-5 if self.base else 2e-4)
         summary = train_dpo(self.out / "sft", pairs, cfg, beta=0.1, max_length=128, val_fraction=0.1, log=self.log)
         final = summary["final"]
         self.result.figures["dpo_val_accuracy"] = final.get("val_rewards/accuracies")
         self.result.figures["dpo_val_logp_margin"] = final.get("val_logp_margin")
-        self.log(f"  held-out preference accuracy {final.get('val_rewards/accuracies')}, "
-                 f"chosen-minus-rejected log-prob margin {final.get('val_logp_margin')}")
+        self.result.figures["dpo_steps"] = summary["steps"]
+        self.log(f"  held-out preference accuracy {_fmt(final.get('val_rewards/accuracies'))}, "
+                 f"chosen-minus-rejected log-prob margin {_fmt(final.get('val_logp_margin'))}")
+        self._stage_done()
 
     def ppo(self, conversations) -> None:
         from .train.ppo import PPOConfig, train_ppo
@@ -189,13 +308,15 @@ class Demo:
         self._stage("ppo", "PPO against the reward model with a KL penalty to the SFT model")
         prompts = [c[-2]["content"] for c in conversations]
         random.Random(self.seed).shuffle(prompts)
-        cfg = self._train_config("ppo", batch_size=16, lr=2e-5, log_every=1)
+        cfg = self._train_config("ppo", lr=2e-6 if self.base else 2e-5, log_every=1)
         summary = train_ppo(self.out / "sft", prompts, None, cfg, PPOConfig(mini_batch_size=8, ppo_epochs=2,
                             max_new_tokens=24, kl_coef=0.1), reward_model=self.out / "rm", log=self.log)
         final = summary["final"]
         self.result.figures["ppo_train_reward"] = final.get("reward")
         self.result.figures["ppo_train_kl"] = final.get("kl")
-        self.log(f"  last mean reward {final.get('reward')}, KL {final.get('kl')}")
+        self.result.figures["ppo_steps"] = summary["steps"]
+        self.log(f"  last mean reward {_fmt(final.get('reward'))}, KL {_fmt(final.get('kl'))}")
+        self._stage_done()
 
     def compare(self) -> None:
         from .train.compare import compare_policies
@@ -203,12 +324,53 @@ class Demo:
         prompts = self._held_out_prompts()
         self._stage("compare", f"SFT vs DPO vs PPO on {len(prompts)} held-out prompts (reward model score, KL to SFT)")
         table = compare_policies({name: self.out / name for name in ("sft", "dpo", "ppo")}, self.out / "sft",
-                                 self.out / "rm", prompts, seed=self.seed)
+                                 self.out / "rm", prompts, seed=self.seed, n_samples=len(prompts))
         for name, row in table["policies"].items():
             self.result.figures[f"{name}_heldout_reward"] = row["reward"]
             self.result.figures[f"{name}_heldout_kl"] = row["kl"]
-            self.log(f"  {name}: mean reward {row['reward']:.3f}, KL to SFT {row['kl']:.3f}")
-        self.result.samples = table["samples"][:8]
+            self.log(f"  {name}: mean reward {row['reward']:.2f}, KL to SFT {row['kl']:.2f}")
+        self.result.samples = table["samples"]
+        self.assess(prompts)
+        self._stage_done()
+
+    def assess(self, prompts: list[str]) -> None:
+        """Figures that tell a working chatbot from a degenerate one, per policy, from its greedy
+        answers to the held-out prompts: how many distinct answers, how many with U+FFFD, and how
+        many are on topic by the reward model (the answer scores higher after its own prompt
+        than after the next prompt in the list, the mismatch the reward model was trained on)."""
+        from .train.reward import load_reward_model, score_texts
+
+        rm, tok, template, _ = load_reward_model(self.out / "rm")
+        shifted = prompts[1:] + prompts[:1]
+        for name in ("sft", "dpo", "ppo"):
+            answers = [s["answers"][name] for s in self.result.samples]
+            own = score_texts(rm, tok, template, prompts, answers, 128)
+            other = score_texts(rm, tok, template, shifted, answers, 128)
+            self.result.figures[f"{name}_distinct_answers"] = len(set(answers))
+            self.result.figures[f"{name}_replacement_chars"] = sum("\ufffd" in a for a in answers)
+            self.result.figures[f"{name}_on_topic"] = sum(a > b for a, b in zip(own, other))
+        self.result.figures["heldout_prompts"] = len(prompts)
+        for warning in self.degenerate():
+            self.log(f"warning: {warning}")
+
+    def degenerate(self) -> list[str]:
+        """What is wrong with the answers of each policy, if anything, and what to do about it."""
+        f, n = self.result.figures, self.result.figures.get("heldout_prompts", 0)
+        problems = []
+        for name in ("sft", "dpo", "ppo"):
+            why = []
+            if f.get(f"{name}_distinct_answers", n) < MIN_DISTINCT * n:
+                why.append(f"only {f[f'{name}_distinct_answers']} distinct answers to {n} prompts")
+            if f.get(f"{name}_replacement_chars"):
+                why.append(f"{f[f'{name}_replacement_chars']} answers with the replacement character \ufffd")
+            if f.get(f"{name}_on_topic", n) < MIN_ON_TOPIC * n:
+                why.append(f"only {f[f'{name}_on_topic']} of {n} answers on topic")
+            if why:
+                problems.append(f"the {name} chatbot's answers are degenerate: {'; '.join(why)}")
+        if problems:
+            fix = self.command(minutes=None) if self.short_stages() else self.command(work=2 * self.work)
+            problems.append(f"more training fixes this: {fix}")
+        return problems
 
     def _held_out_prompts(self) -> list[str]:
         if self.data.prompts:
@@ -221,6 +383,7 @@ class Demo:
     def write_report(self) -> None:
         self._stage("report", "writing report.md")
         f = self.result.figures
+        n = f.get("heldout_prompts", 0)
         rows = [
             ("tokenizer", "held-out bytes per token", f.get("tokenizer_bytes_per_token")),
             ("pretrain", "validation bits per byte", f.get("pretrain_val_bpb")),
@@ -232,19 +395,31 @@ class Demo:
         for name in ("sft", "dpo", "ppo"):
             rows.append((f"{name} policy", "held-out reward / KL to SFT",
                          f"{_fmt(f.get(f'{name}_heldout_reward'))} / {_fmt(f.get(f'{name}_heldout_kl'))}"))
-        lines = [
-            "# hangpt demo report", "",
-            f"Wall time: {self.result.minutes} minutes (budget {self.minutes}). Data: "
-            f"{', '.join(p.name for p in self.data.text)}; chat pairs {self.data.qa.name}.", "",
+            rows.append((f"{name} policy", f"greedy answers to {n} prompts: distinct / with \ufffd / on topic",
+                         f"{f.get(f'{name}_distinct_answers')} / {f.get(f'{name}_replacement_chars')} / "
+                         f"{f.get(f'{name}_on_topic')}"))
+        steps = ", ".join(f"{s} {self.steps[s]}" + (f" of {self.needed[s]}" if self.steps[s] < self.needed[s] else "")
+                          for s in self.steps)
+        lines = ["# hangpt demo report", ""]
+        problems = self.short_stages() + self.degenerate()
+        if problems:
+            lines += ["## Warning", "", *[f"- {p}" for p in problems], ""]
+        lines += [
+            f"Wall time: {self.result.minutes} minutes (expected {f.get('expected_minutes')}). Steps: {steps}. "
+            f"Data: {', '.join(p.name for p in self.data.text)}; chat pairs {self.data.qa.name}"
+            + (f"; base model {self.base}." if self.base else "."), "",
             "| stage | figure | value |", "|---|---|---|",
             *[f"| {a} | {b} | {_fmt(c)} |" for a, b, c in rows], "",
+            f"On topic: the reward model scores the answer higher after its own prompt than after another "
+            f"prompt. The report calls a policy degenerate below {MIN_DISTINCT:.0%} distinct answers or "
+            f"{MIN_ON_TOPIC:.0%} on topic, or with any \ufffd.", "",
             "## Curves", "",
         ]
-        for stage in ("pretrain", "sft", "rm", "dpo", "ppo"):
+        for stage in self.stages:
             for png in sorted((self.out / stage).glob("*.png")):
                 lines.append(f"![{stage} {png.stem}]({stage}/{png.name})")
         if self.result.samples:
-            lines += ["", "## Sample answers (greedy) to held-out prompts", "",
+            lines += ["", "## Greedy answers to the held-out prompts", "",
                       "| prompt | SFT | DPO | PPO |", "|---|---|---|---|"]
             for s in self.result.samples:
                 cells = [s["prompt"], *(s["answers"].get(n, "") for n in ("sft", "dpo", "ppo"))]
@@ -255,14 +430,15 @@ class Demo:
 
 
 def _fmt(v) -> str:
+    """Figures as people read them: 3 significant digits."""
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return f"{v:.3g}"
     return str(v)
 
 
 def clean_output(out: Path) -> None:
     """A new demo run replaces the stage folders of an earlier one."""
-    for stage in ("pretrain", *STAGE_SHARES):
+    for stage in STAGES:
         shutil.rmtree(out / stage, ignore_errors=True)

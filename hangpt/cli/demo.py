@@ -10,8 +10,16 @@ from .options import print_json
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
               help="Run folder: one checkpoint folder per stage, report.md and its plots.")
-@click.option("--minutes", type=click.FloatRange(min=0.05), default=9.0, show_default=True,
-              help="Time budget for the training stages together (shared out per stage).")
+@click.option("--minutes", type=click.FloatRange(min=0.05), default=None,
+              help="Fit the run into about this many minutes by scaling every stage's steps down (measured "
+                   "speed); the report says which stages then got less training than the demo needs.")
+@click.option("--work", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="Multiply every stage's steps (2 = twice the training).")
+@click.option("--base", default=None,
+              help="Skip pretraining and fine-tune this model instead (a checkpoint folder, or a hub id "
+                   "such as skt/kogpt2-base-v2 when online).")
+@click.option("--no-progress", is_flag=True, help="No progress bars; plain log lines only (also when stderr "
+                                                  "is not a terminal).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Use real data instead of the embedded set: .txt files to pretrain on, a Q,A CSV "
                    "(ChatbotData format) to fine-tune on, optionally prompts.txt.")
@@ -28,13 +36,17 @@ from .options import print_json
 @click.option("--export-data", type=click.Path(file_okay=False), default=None,
               help="Only copy the embedded demo data (Korean text, Q/A CSV, prompts) into this folder.")
 @click.pass_context
-def demo(ctx, out, minutes, data_dir, text_files, qa, seed, eval_prompts, no_serve, port, as_json, export_data):
+def demo(ctx, out, minutes, work, base, no_progress, data_dir, text_files, qa, seed, eval_prompts, no_serve, port,
+         as_json, export_data):
     """Build a small Korean ChatGPT end to end, then open the playground.
 
     Trains a tokenizer, pretrains a tiny GPT, fine-tunes it into a chatbot, makes preference pairs,
     trains a reward model, aligns the chatbot with DPO and PPO, compares the three policies with the
-    reward model, and writes OUT/report.md. About 10 minutes on 2 CPU cores with the defaults.
+    reward model, and writes OUT/report.md. Each stage does a fixed number of steps, so the result
+    does not depend on the machine's load; the expected time is printed up front (about 10 minutes
+    on 2 CPU cores).
     """
+    import sys
     from pathlib import Path
 
     from ..demo import Demo, DemoData, clean_output, copy_embedded_data, embedded_data, find_data
@@ -49,7 +61,9 @@ def demo(ctx, out, minutes, data_dir, text_files, qa, seed, eval_prompts, no_ser
         data = DemoData([Path(t) for t in text_files] or data.text, qa_path or data.qa, data.prompts)
     out_dir = Path(out)
     clean_output(out_dir)
-    result = Demo(out_dir, data, minutes, seed=seed, eval_prompts=eval_prompts).run()
+    progress = not no_progress and sys.stderr.isatty()
+    result = Demo(out_dir, data, minutes, seed=seed, eval_prompts=eval_prompts, work=work, base=base,
+                  progress=progress).run()
     if as_json:
         print_json({"out": str(out_dir), "minutes": result.minutes, "figures": result.figures})
     else:

@@ -2,8 +2,9 @@
 rollouts but reuses the pieces here).
 
 A stage hands the Trainer a model, a batch source that can report and restore its position, a loss
-function and a save function. The Trainer does the rest: AdamW, warmup + cosine learning rate,
-gradient accumulation and clipping, bf16 autocast, periodic validation, a tqdm progress bar,
+function and a save function. The Trainer does the rest: AdamW (or Adam), warmup + a cosine, linear
+or constant learning rate,
+gradient accumulation and clipping, bf16 autocast, on the device chosen with --device, periodic validation, a tqdm progress bar,
 periodic atomic checkpoints with everything needed for an exact resume (optimizer, step, data
 position, RNG, elapsed time, loss history), a loss-curve PNG, and DDP under `torchrun`.
 """
@@ -25,6 +26,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from ..device import current_device
 from ..errors import InputError
 
 
@@ -34,10 +36,14 @@ class TrainConfig:
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 3e-4
+    lr_schedule: str = "cosine"  # after warmup: cosine to min_lr_ratio * lr, linear to 0, or constant
     min_lr_ratio: float = 0.1
     warmup_fraction: float = 0.03
+    warmup_steps: int | None = None  # when set, replaces warmup_fraction
+    optimizer: str = "adamw"  # a name in OPTIMIZERS
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-8
     grad_clip: float = 1.0
     max_steps: int | None = None
     epochs: float | None = None
@@ -48,6 +54,8 @@ class TrainConfig:
     seed: int = 1234
     resume: bool = False
     bf16: bool = False
+    gradient_checkpointing: bool = False
+    lora: dict | None = None  # add_lora's r, alpha, dropout, targets (--lora-r): only adapters train
     progress: bool = True
     extra: dict = field(default_factory=dict)  # stage-specific settings, recorded in the summary
 
@@ -140,23 +148,38 @@ def distributed() -> tuple[int, int]:
 
 
 def device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+    """Where training runs: the --device choice (auto: a GPU when there is one)."""
+    return current_device()
 
 
-def lr_at(progress: float, cfg: TrainConfig) -> float:
-    """Linear warmup over the first `warmup_fraction` of training, then cosine down to min_lr."""
-    if progress < cfg.warmup_fraction:
-        return cfg.lr * max(progress, 1e-3) / cfg.warmup_fraction
-    p = min(1.0, (progress - cfg.warmup_fraction) / max(1e-9, 1 - cfg.warmup_fraction))
+def lr_at(step: int, progress: float, cfg: TrainConfig, total_steps: int | None = None) -> float:
+    """Linear warmup (over --warmup-steps, else the first `warmup_fraction` of training), then the
+    schedule over the rest: cosine down to min_lr_ratio * lr, linear down to 0 (transformers'
+    get_linear_schedule_with_warmup), or constant."""
+    if cfg.warmup_steps is not None:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        warmup = cfg.warmup_steps / total_steps if total_steps else 0.0
+    else:
+        warmup = cfg.warmup_fraction
+        if progress < warmup:
+            return cfg.lr * max(progress, 1e-3) / warmup
+    p = min(1.0, max(0.0, (progress - warmup) / max(1e-9, 1 - warmup)))
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1 - p)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * p))
 
 
+# --optimizer NAME -> the torch optimizer class (a new choice, e.g. Muon, is one more entry)
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not biases, norms), as in GPT-2/nanoGPT."""
+    """cfg.optimizer with weight decay on matrices only (not biases, norms), as in GPT-2/nanoGPT.
+    AdamW decays the weights directly; Adam (the KoGPT2 lab's) adds the decay to the gradient."""
     params = [p for p in model.parameters() if p.requires_grad]
     seen, decay, no_decay = set(), [], []
     for p in params:
@@ -165,8 +188,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer not in OPTIMIZERS:
+        raise InputError(f"--optimizer {cfg.optimizer!r}: choose {', '.join(OPTIMIZERS)}")
     # the fused kernel (CUDA, and CPU since torch 2.4) is several times faster than the per-tensor loop
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
+    return OPTIMIZERS[cfg.optimizer](groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, fused=True)
 
 
 def loss_curve_png(history: list[dict], title: str) -> bytes:
@@ -291,6 +316,7 @@ class Trainer(ResumableRun):
         self.cfg, self.model, self.batches = cfg, model, batches
         self.loss_fn, self.save_fn, self.eval_fn, self.stage = loss_fn, save_fn, eval_fn, stage
         self.rank, self.world = distributed()
+        model.to(device())
         self.optimizer = make_optimizer(model, cfg)
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
         self.history: list[dict] = []
@@ -362,7 +388,7 @@ class Trainer(ResumableRun):
         window: list[dict] = []  # step metrics since the last log line
         while self.progress() < 1.0:
             t0 = time.perf_counter()
-            lr = lr_at(self.progress(), self.cfg)
+            lr = lr_at(self.step, self.progress(), self.cfg, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             micro = [self._micro_step(model) for _ in range(self.cfg.grad_accum)]
@@ -394,7 +420,7 @@ class Trainer(ResumableRun):
 
 
 def _format_metrics(step: int, metrics: dict) -> str:
-    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step")
+    shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step")
     return f"step {step}: {shown}"
 
 

@@ -232,7 +232,7 @@ class PPOTrainer(ResumableRun):
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
             if self.step % self.cfg.log_every == 0:
-                self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
                 self._save(final=False)
             self.stop_if_requested(stop, bar)
