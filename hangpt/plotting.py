@@ -7,6 +7,7 @@ escapes instead, and the caller can tell the user how to get one (FONT_HINT).
 
 from __future__ import annotations
 
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def plot_labels(texts: list[str]) -> list[str]:
     if hangul_font():
         return [t.replace("\n", "\\n") for t in texts]
     return [t.encode("ascii", "backslashreplace").decode().replace("\n", "\\n") for t in texts]
+
+
+def warn_without_font() -> None:
+    """Say once per run how to get Hangul drawn, when it is being escaped."""
+    if hangul_font() is None:
+        warnings.warn(FONT_HINT)
 
 
 def pyplot():

@@ -28,6 +28,7 @@ COMMANDS = {
     "serve": ("hangpt.cli.serve", "serve", "OpenAI-compatible API and web playground."),
     "feedback": ("hangpt.cli.serve", "feedback", "Export rankings collected in the playground as preference pairs."),
     "inspect": ("hangpt.cli.serve", "inspect", "Show tokens, hidden states, parameters and attention maps."),
+    "nlp": ("hangpt.cli.nlp", "nlp", "Classic NLP: Korean morphemes, word counts, TF-IDF, word2vec, baselines."),
 }
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import (generation_config_from_options, generation_options, log, print_json, require_model,
-                      train_config, training_options)
+from .options import (generation_config_from_options, generation_options, log, print_evaluation, print_json,
+                      require_model, train_config, training_options)
 
 
 # -- sft ----------------------------------------------------------------------------------------
@@ -191,15 +191,7 @@ def classify_eval(model, data, text_column, label_column, max_length, batch_size
     result = evaluate(clf.model, seqs, label_indices(rows.labels, clf.labels, str(data)), clf.tokenizer.pad_id,
                       batch_size)
     result.update(labels=clf.labels, skipped_empty=rows.skipped_empty)
-    if as_json:
-        print_json(result)
-        return
-    click.echo(f"accuracy {result['accuracy']:.2%} on {result['n']} texts"
-               + (f" ({rows.skipped_empty} empty rows skipped)" if rows.skipped_empty else ""))
-    width = max(8, *(len(label) + 2 for label in clf.labels))
-    click.echo("true \\ predicted".ljust(width + 8) + "".join(label.rjust(width) for label in clf.labels))
-    for label, row in zip(clf.labels, result["confusion"]):
-        click.echo(label.ljust(width + 8) + "".join(str(c).rjust(width) for c in row))
+    print_evaluation(result, as_json)
 
 
 @classify.command("predict")

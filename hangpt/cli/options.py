@@ -123,6 +123,22 @@ def print_json(obj) -> None:
     sys.stdout.flush()
 
 
+def print_evaluation(result: dict, as_json: bool = False) -> None:
+    """Accuracy and the confusion matrix (rows = true label) of a classifier, from a dict with
+    accuracy, n, confusion, labels and skipped_empty; shared by `classify eval` and the NLP baselines."""
+    if as_json:
+        print_json(result)
+        return
+    skipped = result.get("skipped_empty")
+    click.echo(f"accuracy {result['accuracy']:.2%} on {result['n']} texts"
+               + (f" ({skipped} empty rows skipped)" if skipped else ""))
+    labels = result["labels"]
+    width = max(8, *(len(label) + 2 for label in labels))
+    click.echo("true \\ predicted".ljust(width + 8) + "".join(label.rjust(width) for label in labels))
+    for label, row in zip(labels, result["confusion"]):
+        click.echo(label.ljust(width + 8) + "".join(str(c).rjust(width) for c in row))
+
+
 def log(message: str) -> None:
     """Progress and notes go to stderr, so stdout stays clean for --json."""
     click.echo(message, err=True)
