@@ -8,6 +8,7 @@ remaining rows decode faster. Beam search lives in beam.py and shares the batch 
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -16,6 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..models import CausalLM, KVCache
+from ..threads import ThreadPolicy
 from .config import Completion, GenerationConfig, StreamEvent
 from .fast import PREFILL_TOKENS, FastDecoder, library, weight_key
 from .processors import Processor
@@ -85,6 +87,7 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self._head, self._head_key = None, None
         self._fast: FastDecoder | None = None
+        self.threads = ThreadPolicy(period=64, probe=4)  # decoding steps on a busy machine
 
     def head_matrix(self) -> torch.Tensor:
         """The LM head weight transposed and contiguous, (n_embd, V), for a CPU: MKL's GEMM for a
@@ -309,7 +312,10 @@ class Engine:
                     batch.select(index)  # no inference mode: the batch keeps ordinary tensors
                     proc.select(index)
                     tokens = tokens.index_select(0, index)
+                self.threads.before()
+                t0 = time.perf_counter()
                 logits = self.step(batch, tokens)
+                self.threads.after(time.perf_counter() - t0)
 
     def _event(self, row: _Row, pending: dict):
         """Streaming: (row, text, token_ids, logprobs) when there is text to show or the row ended."""

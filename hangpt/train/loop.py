@@ -28,6 +28,7 @@ import torch
 
 from ..device import current_device
 from ..errors import InputError
+from ..threads import ThreadPolicy
 
 
 @dataclass
@@ -317,6 +318,8 @@ class Trainer(ResumableRun):
         self.loss_fn, self.save_fn, self.eval_fn, self.stage = loss_fn, save_fn, eval_fn, stage
         self.rank, self.world = distributed()
         model.to(device())
+        if cfg.gradient_checkpointing:
+            checkpoint_blocks(model)
         self.optimizer = make_optimizer(model, cfg)
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
         self.history: list[dict] = []
@@ -386,7 +389,9 @@ class Trainer(ResumableRun):
 
     def _loop(self, model, bar, stop: StepBoundaryStop) -> None:
         window: list[dict] = []  # step metrics since the last log line
+        threads = ThreadPolicy()  # busy machine: fewer threads may step faster (see hangpt/threads.py)
         while self.progress() < 1.0:
+            threads.before()
             t0 = time.perf_counter()
             lr = lr_at(self.step, self.progress(), self.cfg, self.total_steps)
             for group in self.optimizer.param_groups:
@@ -397,6 +402,7 @@ class Trainer(ResumableRun):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
+            threads.after(dt)
             self.step += 1
             self.elapsed += dt
             step_tokens = sum(m.get("tokens", 0) for m in micro) * self.world
@@ -447,6 +453,42 @@ def load_reference(ckpt, out: Path):
     if reference.config.vocab_size != ckpt.model.config.vocab_size:
         reference.resize_token_embeddings(ckpt.model.config.vocab_size)
     return reference
+
+
+def apply_lora(model: torch.nn.Module, cfg: TrainConfig, log=print) -> None:
+    """--lora-r on a fresh run: freeze the model and add adapters to its target layers. Call it
+    before adding heads or tokens: weights created afterwards (a reward head, embeddings grown for
+    new tokens) train too, and are saved with the adapter."""
+    if not cfg.lora:
+        return
+    from ..models.lora import add_lora
+
+    n = sum(p.numel() for p in add_lora(model, **cfg.lora))
+    total = model.num_parameters()
+    log(f"LoRA: {n:,} trainable parameters ({n / total:.2%} of {total:,}); the base stays frozen")
+
+
+def checkpoint_blocks(model: torch.nn.Module) -> None:
+    """--gradient-checkpointing: every transformer block of `model` (or of the LM inside it) keeps
+    only its input for the backward pass and recomputes the rest there, trading about a third more
+    compute for activation memory that no longer grows with the number of layers."""
+    from torch.utils.checkpoint import checkpoint
+
+    from ..models import CausalLM
+
+    def checkpointed(block):
+        forward = block.forward
+
+        def run(*args, **kwargs):
+            if block.training and torch.is_grad_enabled():
+                return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return forward(*args, **kwargs)
+
+        block.forward = run
+
+    for lm in [m for m in model.modules() if isinstance(m, CausalLM)]:
+        for block in lm.blocks:
+            checkpointed(block)
 
 
 def seed_everything(seed: int) -> None:
