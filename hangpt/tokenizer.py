@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer: train on any corpus, load any GPT-2-style tokenizer.json, encode/decode.
+"""Tokenizers: train a byte-level BPE on any corpus; load any tokenizer.json as it comes (byte-level
+BPE as GPT-2/Llama 3/Qwen, SentencePiece-style as KoGPT2/Llama 2/Mistral) with its special tokens.
 
 Built on the Hugging Face `tokenizers` library (fast, and the tokenizer.json it writes is what
 `AutoTokenizer` reads). Text is NFC-normalized first, so Korean typed on a Mac (decomposed jamo)
@@ -22,44 +23,123 @@ SPECIAL_TOKENS = [EOS, PAD, SYSTEM, USER, ASSISTANT]
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 
 
-class Tokenizer:
-    """A thin wrapper over `tokenizers.Tokenizer` that knows its end-of-text and pad tokens."""
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Names that mark a role when a folder declares its special tokens only in tokenizer.json (KoGPT2's hub folder).
+_ROLE_NAMES = {
+    "bos_token": ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"),
+    "eos_token": ("</s>", EOS, "<|end_of_text|>", "<eos>"),
+    "unk_token": ("<unk>", "[UNK]"),
+    "pad_token": ("<pad>", PAD, "[PAD]"),
+    "mask_token": ("<mask>", "[MASK]"),
+}
+_CONFIG_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "pad_token_id"}
 
-    def __init__(self, backend, eos_token: str | None = None, pad_token: str | None = None):
+
+def _special(key: str) -> property:
+    def get(self) -> str | None:
+        return self.specials.get(key)
+
+    def set(self, value: str | None) -> None:
+        self.specials[key] = value
+
+    return property(get, set, doc=f"The {key.replace('_', ' ')} (as `AutoTokenizer.{key}` reports it).")
+
+
+class Tokenizer:
+    """A thin wrapper over `tokenizers.Tokenizer` that knows its special tokens by role.
+
+    `config` is the folder's tokenizer_config.json as loaded (None for a tokenizer hangpt trained):
+    saving writes it back with only what hangpt changed, so a fine-tuned folder reports exactly
+    its base's bos/eos/unk/pad/mask and additional special tokens to `AutoTokenizer`.
+    """
+
+    bos_token = _special("bos_token")
+    eos_token = _special("eos_token")
+    unk_token = _special("unk_token")
+    pad_token = _special("pad_token")
+    mask_token = _special("mask_token")
+
+    def __init__(self, backend, specials: dict[str, str] | None = None, *, config: dict | None = None,
+                 special_map: dict | None = None, chat_template: str | list | None = None,
+                 chat_template_file: bool = False):
         self.backend = backend
-        self.eos_token = eos_token if eos_token is not None else _guess_eos(backend)
-        self.pad_token = pad_token
-        self.chat_template: str | None = None  # jinja text for AutoTokenizer.apply_chat_template
+        self.specials = {k: v for k, v in (specials or {}).items() if v}
+        self.config = config
+        self.special_map = special_map  # special_tokens_map.json as loaded, if the folder had one
+        self.chat_template = chat_template  # jinja text (or named list) for apply_chat_template
+        self.chat_template_file = chat_template_file  # it came from chat_template.jinja
+        self.added: list[str] = []  # special tokens hangpt added (chat role markers)
 
     # -- ids ---------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def token_to_id(self, token: str) -> int | None:
-        return self.backend.token_to_id(token)
+    def token_to_id(self, token: str | None) -> int | None:
+        return self.backend.token_to_id(token) if token else None
 
     def id_to_token(self, i: int) -> str | None:
         return self.backend.id_to_token(i)
 
     @property
+    def bos_id(self) -> int | None:
+        return self.token_to_id(self.bos_token)
+
+    @property
     def eos_id(self) -> int | None:
-        return self.token_to_id(self.eos_token) if self.eos_token else None
+        return self.token_to_id(self.eos_token)
+
+    @property
+    def unk_id(self) -> int | None:
+        return self.token_to_id(self.unk_token)
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.token_to_id(self.mask_token)
 
     @property
     def pad_id(self) -> int:
         """The pad id; falls back to EOS (as GPT-2 users do) so padding always has an id."""
-        if self.pad_token and self.token_to_id(self.pad_token) is not None:
-            return self.token_to_id(self.pad_token)
-        if self.eos_id is not None:
-            return self.eos_id
+        for token in (self.pad_token, self.eos_token):
+            if self.token_to_id(token) is not None:
+                return self.token_to_id(token)
         return 0
 
+    @property
+    def additional_special_tokens(self) -> list[str]:
+        config = self.config or {}
+        listed = config.get("additional_special_tokens") or config.get("extra_special_tokens") or []
+        tokens = [_token_text(t) for t in listed] if isinstance(listed, list) else []
+        return tokens + [t for t in self.added if t not in tokens]
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        """Every special token (roles and special added tokens), longest first."""
+        added = [t.content for t in self.backend.get_added_tokens_decoder().values() if t.special]
+        return sorted(set(added) | set(self.specials.values()), key=len, reverse=True)
+
+    def default_chat_template(self) -> str | None:
+        """The Jinja chat template apply_chat_template uses by default (of a named list: "default")."""
+        if isinstance(self.chat_template, list):
+            named = {t.get("name"): t.get("template") for t in self.chat_template if isinstance(t, dict)}
+            return named.get("default")
+        return self.chat_template or None
+
+    def special_tokens_map(self) -> dict[str, str]:
+        """Role -> token, the variables a chat template sees (`bos_token`, `eos_token`, ...)."""
+        return {k: v for k, v in self.specials.items() if v}
+
     # -- text <-> ids --------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        """Ids exactly as `AutoTokenizer(text)["input_ids"]` gives them (special tokens in the
-        text are recognised; nothing is added unless the tokenizer's post-processor adds it)."""
-        return self.backend.encode(text).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Ids exactly as `AutoTokenizer(text)["input_ids"]` gives them: special tokens in the text
+        are recognised, and tokenizer.json's post-processor adds BOS/EOS where it says so (as in
+        transformers 5, it decides over an `add_bos_token` in tokenizer_config.json)."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_with_offsets(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and each token's (start, end) character span in `text`."""
+        enc = self.backend.encode(text, add_special_tokens=add_special_tokens)
+        return enc.ids, enc.offsets
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch(texts)]
@@ -79,40 +159,45 @@ class Tokenizer:
             from tokenizers import AddedToken
 
             self.backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+            self.added += missing
         return missing
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, directory: str | Path, model_max_length: int = 1024) -> None:
-        """Write tokenizer.json plus the small JSON files `AutoTokenizer.from_pretrained` needs."""
+        """Write tokenizer.json plus the small JSON files `AutoTokenizer.from_pretrained` needs:
+        the loaded ones back as they were, with only what hangpt changed updated."""
         directory = Path(directory)
         self.backend.save(str(directory / "tokenizer.json"))
-        specials = {"eos_token": self.eos_token, "bos_token": self.eos_token, "unk_token": self.eos_token}
-        if self.pad_token and self.token_to_id(self.pad_token) is not None:
-            specials["pad_token"] = self.pad_token
-        specials = {k: v for k, v in specials.items() if v is not None}
-        config = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": model_max_length,
-            "add_bos_token": False,
-            "add_eos_token": False,
-            "clean_up_tokenization_spaces": False,
-            **specials,
-        }
-        if self.chat_template:
+        if self.config is None:
+            config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False,
+                      "add_eos_token": False, "clean_up_tokenization_spaces": False}
+        else:
+            config = dict(self.config)
+        config["model_max_length"] = model_max_length
+        _update_specials(config, self.specials, self.added)
+        if self.added and "added_tokens_decoder" in config:
+            config["added_tokens_decoder"] = {**config["added_tokens_decoder"], **{
+                str(self.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                           "single_word": False, "special": True} for t in self.added}}
+        config.pop("chat_template", None)
+        if self.chat_template is not None and self.chat_template_file and isinstance(self.chat_template, str):
+            (directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+        elif self.chat_template is not None:
             config["chat_template"] = self.chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2))
-        (directory / "special_tokens_map.json").write_text(json.dumps(specials, ensure_ascii=False, indent=2))
+        if self.special_map is not None or self.config is None:
+            special_map = dict(self.special_map or {})
+            _update_specials(special_map, self.specials, self.added)
+            (directory / "special_tokens_map.json").write_text(json.dumps(special_map, ensure_ascii=False, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> "Tokenizer":
-        """Load tokenizer.json (or GPT-2's vocab.json + merges.txt) from a folder."""
+        """Load tokenizer.json (or GPT-2's vocab.json + merges.txt) and its special tokens from a folder."""
         from tokenizers import Tokenizer as Backend
 
         directory = Path(directory)
-        config_path = directory / "tokenizer_config.json"
-        config = _read_json(config_path) if config_path.exists() else {}
-        eos = _token_text(config.get("eos_token"))
-        pad = _token_text(config.get("pad_token"))
+        config = _read_json_if(directory / "tokenizer_config.json")
+        special_map = _read_json_if(directory / "special_tokens_map.json")
         if (directory / "tokenizer.json").exists():
             try:
                 backend = Backend.from_file(str(directory / "tokenizer.json"))
@@ -125,32 +210,59 @@ class Tokenizer:
             backend = Backend(bpe)
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             backend.decoder = decoders.ByteLevel()
-            eos = eos or EOS
+            special_map = special_map or {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS}  # GPT-2's
         else:
             raise InputError(f"{directory}: no tokenizer.json (or vocab.json + merges.txt) in this folder")
-        tokenizer = cls(backend, eos_token=eos, pad_token=pad)
-        tokenizer.chat_template = config.get("chat_template") if isinstance(config.get("chat_template"), str) else None
-        return tokenizer
+        specials = {}
+        for key in SPECIAL_KEYS:  # tokenizer_config.json first, then special_tokens_map.json, as transformers
+            value = _token_text((config or {}).get(key)) or _token_text((special_map or {}).get(key))
+            if value:
+                specials[key] = value
+        if not specials:
+            specials = _specials_from_vocab(backend, _read_json_if(directory / "config.json") or {})
+        jinja_file = directory / "chat_template.jinja"
+        template = jinja_file.read_text(encoding="utf-8") if jinja_file.exists() else (config or {}).get("chat_template")
+        return cls(backend, specials, config=config, special_map=special_map, chat_template=template,
+                   chat_template_file=jinja_file.exists())
+
+
+def _update_specials(target: dict, specials: dict[str, str], added: list[str]) -> None:
+    """Set the roles whose token differs from `target`'s (kept verbatim otherwise, AddedToken dicts
+    included) and list the tokens hangpt added as additional special tokens."""
+    for key, value in specials.items():
+        if _token_text(target.get(key)) != value:
+            target[key] = value
+    if added:
+        key = "extra_special_tokens" if "extra_special_tokens" in target else "additional_special_tokens"
+        listed = list(target.get(key) or [])
+        target[key] = listed + [t for t in added if t not in {_token_text(x) for x in listed}]
+
+
+def _specials_from_vocab(backend, model_config: dict) -> dict[str, str]:
+    """Roles for a folder with special tokens only in tokenizer.json: the model config's
+    bos/eos/pad ids first, then the conventional names among the special added tokens."""
+    special = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
+    out = {}
+    for key, names in _ROLE_NAMES.items():
+        config_id = model_config.get(_CONFIG_IDS.get(key, ""))
+        by_id = backend.id_to_token(config_id) if isinstance(config_id, int) else None
+        out[key] = by_id or next((n for n in names if n in special), None)
+    return {k: v for k, v in out.items() if v}
 
 
 def _token_text(value) -> str | None:
     if isinstance(value, dict):  # AddedToken serialised as {"content": ...}
         return value.get("content")
-    return value
+    return value if isinstance(value, str) else None
 
 
-def _read_json(path: Path) -> dict:
+def _read_json_if(path: Path) -> dict | None:
+    if not path.exists():
+        return None
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-
-
-def _guess_eos(backend) -> str | None:
-    for candidate in (EOS, "</s>", "<eos>", "[SEP]"):
-        if backend.token_to_id(candidate) is not None:
-            return candidate
-    return None
 
 
 def train_tokenizer(
@@ -184,7 +296,9 @@ def train_tokenizer(
         show_progress=show_progress,
     )
     backend.train_from_iterator(texts, trainer=trainer)
-    return Tokenizer(backend, eos_token=special_tokens[0], pad_token=PAD if PAD in special_tokens else None)
+    eos = special_tokens[0]  # GPT-2's convention: one token is bos, eos and unk
+    return Tokenizer(backend, {"bos_token": eos, "eos_token": eos, "unk_token": eos,
+                               "pad_token": PAD if PAD in special_tokens else None})
 
 
 def bytes_per_token(tokenizer: Tokenizer, texts: Iterable[str]) -> float:

@@ -66,7 +66,7 @@ def test_rm_scores_match_transformers_sequence_classification(trained_rm):
     hf = transformers.GPT2ForSequenceClassification.from_pretrained(out, num_labels=1).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     assert hf.config.pad_token_id == tok.pad_id
-    texts = [template.render([{"role": "user", "content": p}, {"role": "assistant", "content": a}], tok.eos_token)
+    texts = [template.render([{"role": "user", "content": p}, {"role": "assistant", "content": a}], tok)
              for p, a in zip(prompts, answers)]
     batch = hf_tok(texts, return_tensors="pt", padding=True)
     with torch.no_grad():

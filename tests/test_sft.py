@@ -97,7 +97,7 @@ def test_sft_cli_writes_chat_checkpoint_and_resume_needs_state(tmp_path, tiny_ch
     assert ckpt.tokenizer.token_to_id("<usr>") is not None
     assert ckpt.model.config.vocab_size == ckpt.tokenizer.vocab_size
     assert not (out / "train_state.pt").exists()
-    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"].startswith("{%")
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"].startswith("{{ bos_token }}{%")
     with pytest.raises(SystemExit) as e:
         main(["sft", "--data", str(data), "--out", str(out), "--max-steps", "3", "--resume"])
     assert e.value.code == 2
@@ -119,11 +119,10 @@ def test_autotokenizer_chat_template_renders_the_same_text(tmp_path, tiny_checkp
     ckpt = load_checkpoint(tiny_checkpoint)
     template = get_template(name)
     prepare_tokenizer(template, ckpt.tokenizer, ckpt.model)
-    eos = ckpt.tokenizer.eos_token
-    ckpt.tokenizer.chat_template = template.to_jinja(eos)
+    ckpt.tokenizer.chat_template = template.to_jinja()
     ckpt.tokenizer.save(tmp_path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     conv = [{"role": "system", "content": "짧게"}] + QA + [{"role": "user", "content": "주말에 뭐 해?"}]
     for messages, gen in ((QA, False), (conv, True), (conv[1:], True)):
         assert hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen) == \
-            template.render(messages, eos, add_generation_prompt=gen)
+            template.render(messages, ckpt.tokenizer, add_generation_prompt=gen)

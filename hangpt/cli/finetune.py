@@ -75,12 +75,12 @@ def chat(model, system, **options):
     from ..templates import fit_conversation, prepare_tokenizer, template_for
 
     ckpt = load_checkpoint(model)
-    template = template_for(ckpt.meta)
+    template = template_for(ckpt.meta, ckpt.tokenizer)
     tokenizer = ckpt.tokenizer
     prepare_tokenizer(template, tokenizer, ckpt.model)
     n_positions = ckpt.model.config.n_positions
     config = generation_config_from_options(options, {**_CHAT_DEFAULTS, **ckpt.generation_config},
-                                            stop=template.stop_strings(tokenizer.eos_token or ""))
+                                            stop=template.stop_strings(tokenizer))
     config.max_new_tokens = min(config.max_new_tokens, n_positions - 1)
     engine = Engine(ckpt.model, tokenizer)
     interactive = sys.stdin.isatty()

@@ -39,10 +39,9 @@ def generate(model, prompts, chat, system, stream, as_json, **flags):
     if chat:
         from ..templates import prepare_tokenizer, template_for
 
-        template = template_for(ckpt.meta)
+        template = template_for(ckpt.meta, tokenizer)
         prepare_tokenizer(template, tokenizer, ckpt.model)
-        eos = tokenizer.eos_token or ""
-        stop = template.stop_strings(eos)
+        stop = template.stop_strings(tokenizer)
         head = [{"role": "system", "content": system}] if system is not None else []
         inputs = [template.encode_prompt(tokenizer, head + [{"role": "user", "content": p}]) for p in prompts]
     else:

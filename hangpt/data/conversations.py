@@ -4,7 +4,9 @@ OpenAI-style messages ending with the assistant's answer, which a chat template 
 Formats (detected from the file name and the first character):
 - `.csv` / `.tsv`: question/answer columns, as ChatbotData's `Q,A,label` (extra columns ignored);
 - `.json` / `.jsonl`: a JSON array or JSON lines of `{prompt, completion}` (KoChatGPT's SFT file is a
-  JSON array named `.jsonl`, with a BOM) or of `{messages: [{role, content}, ...]}` (multi-turn).
+  JSON array named `.jsonl`, with a BOM), of `{messages: [{role, content}, ...]}` (multi-turn), or
+  Alpaca's `{instruction, input, output}` (the user message keeps `input`, so Alpaca templates
+  render the prompt_input variant when it is not empty).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def _add_record(examples: Records, record, where: str) -> None:
 def _record_messages(record, where: str) -> list[dict]:
     """One record as messages: {prompt, completion} or {messages: [...]}, ending with an answer."""
     if not isinstance(record, dict):
-        raise InputError(f"{where}: expected an object with prompt/completion or messages")
+        raise InputError(f"{where}: expected an object with prompt/completion, messages or instruction/output")
     if "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages:
@@ -120,8 +122,24 @@ def _record_messages(record, where: str) -> list[dict]:
         if out[-1]["role"] != "assistant":
             raise InputError(f"{where}: the last message must be the assistant's answer")
         return out
+    if "instruction" in record:
+        return _alpaca_messages(record, where)
     for key in ("prompt", "completion"):
         if not isinstance(record.get(key), str) or not record[key].strip():
-            raise InputError(f"{where}: field {key!r} is missing or empty (expected prompt/completion or messages)")
+            raise InputError(f"{where}: field {key!r} is missing or empty (expected prompt/completion, messages "
+                             f"or instruction/output)")
     return [{"role": "user", "content": record["prompt"].strip()},
             {"role": "assistant", "content": record["completion"].strip()}]
+
+
+def _alpaca_messages(record: dict, where: str) -> list[dict]:
+    """Alpaca's {instruction, input, output}: the fields as the recipe formats them (unstripped)."""
+    for key in ("instruction", "output"):
+        if not isinstance(record.get(key), str) or not record[key].strip():
+            raise InputError(f"{where}: field {key!r} is missing or empty")
+    if not isinstance(record.get("input", ""), str):
+        raise InputError(f"{where}: field 'input' must be a string")
+    user = {"role": "user", "content": record["instruction"]}
+    if record.get("input"):
+        user["input"] = record["input"]
+    return [user, {"role": "assistant", "content": record["output"]}]

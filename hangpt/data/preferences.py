@@ -122,7 +122,7 @@ def pad_batch(rows: list[list[int]], value: int):
 
 def chat_template(ckpt) -> ChatTemplate:
     """The checkpoint's chat template; a model without one gets "default" and its role tokens."""
-    template = template_for(ckpt.meta)
+    template = template_for(ckpt.meta, ckpt.tokenizer)
     if not ckpt.meta.get("chat_template"):
         prepare_tokenizer(template, ckpt.tokenizer, ckpt.model)
     return template

@@ -19,7 +19,7 @@ def evaluate_policy(policy_dir: str | Path, reference, prompts: list[str], score
     """Mean reward of sampled answers, mean KL to `reference` (sum over answer tokens of
     log pi - log pi_ref, on the policy's own samples) and mean answer length in tokens."""
     ckpt = load_checkpoint(policy_dir)
-    template, tok = template_for(ckpt.meta), ckpt.tokenizer
+    template, tok = template_for(ckpt.meta, ckpt.tokenizer), ckpt.tokenizer
     eos = ckpt.model.config.eos_token_id
     engine = Engine(ckpt.model, tok)
     rewards, kls, lengths = [], [], []
@@ -42,9 +42,9 @@ def evaluate_policy(policy_dir: str | Path, reference, prompts: list[str], score
 
 def greedy_answers(policy_dir: str | Path, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
     ckpt = load_checkpoint(policy_dir)
-    template, tok = template_for(ckpt.meta), ckpt.tokenizer
+    template, tok = template_for(ckpt.meta, ckpt.tokenizer), ckpt.tokenizer
     prompt_ids = [template.encode_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=template.stop_strings(tok.eos_token or ""))
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=template.stop_strings(tok))
     return [c[0].text.strip() for c in Engine(ckpt.model, tok).generate(prompt_ids, gen)]
 
 

@@ -92,7 +92,7 @@ def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConf
     state = resume_state(cfg)
     if state is not None:
         ckpt = load_checkpoint(cfg.out)
-        template = template_for(ckpt.meta)
+        template = template_for(ckpt.meta, ckpt.tokenizer)
         base = ckpt.meta.get("base_model", {})
         reference = load_reference(ckpt, cfg.out)
     else:

@@ -286,7 +286,7 @@ def train_ppo(model_dir: str | Path, prompts: list, score_fn: ScoreFn | None, cf
     state = resume_state(cfg)
     if state is not None:
         ckpt = load_checkpoint(cfg.out)
-        template = template_for(ckpt.meta)
+        template = template_for(ckpt.meta, ckpt.tokenizer)
         base = ckpt.meta.get("base_model", {})
         reference = load_reference(ckpt, cfg.out)
         policy = PolicyWithValue(ckpt.model, ckpt.extra_tensors.get("v_head.weight"), ckpt.extra_tensors.get("v_head.bias"))

@@ -64,7 +64,7 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, object, ChatTempla
         raise InputError(f"{path}: not a reward model (no score.weight of shape (1, {ckpt.model.config.hidden_size}); "
                          f"train one with `hangpt rm train`)")
     rm = RewardModel(ckpt.model, weight).eval()
-    return rm, ckpt.tokenizer, template_for(ckpt.meta), ckpt.meta
+    return rm, ckpt.tokenizer, template_for(ckpt.meta, ckpt.tokenizer), ckpt.meta
 
 
 def save_reward_model(out: Path, rm: RewardModel, tokenizer, template: ChatTemplate, meta: dict, **kwargs) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..templates import IGNORE_INDEX, ChatTemplate, get_template, prepare_tokenizer, template_for
+from ..templates import IGNORE_INDEX, ChatTemplate, prepare_tokenizer, template_for
 from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
 from .losses import next_token_loss
 
@@ -104,17 +104,16 @@ def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainCo
     state = resume_state(cfg)
     if state is not None:
         ckpt = load_checkpoint(cfg.out)
-        template = template_for(ckpt.meta)
+        template = template_for(ckpt.meta, ckpt.tokenizer)
         base = ckpt.meta.get("base_model", {})
     else:
         ckpt = load_checkpoint(model_dir)
-        template = get_template(template_name) if template_name else template_for(ckpt.meta)
+        template = template_for(ckpt.meta, ckpt.tokenizer, template_name)
         base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
     model, tokenizer = ckpt.model, ckpt.tokenizer
     added = prepare_tokenizer(template, tokenizer, model)
     if added:
         log(f"added tokens {', '.join(added)} to the tokenizer; embeddings resized to {model.config.vocab_size}")
-    tokenizer.chat_template = template.to_jinja(tokenizer.eos_token or "")
     max_length = min(max_length or model.config.context_length, model.config.context_length)
     train_convs, val_convs = holdout_split(conversations, val_fraction, cfg.seed)
     train = encode_conversations(train_convs, template, tokenizer, max_length)
