@@ -25,6 +25,7 @@ COMMANDS = {
     "rm": ("hangpt.cli.align", "rm", "Train a reward model on ranked answers; score answers."),
     "dpo": ("hangpt.cli.align", "dpo", "Align a model with Direct Preference Optimization."),
     "ppo": ("hangpt.cli.align", "ppo", "Align a model with PPO against a reward model (RLHF)."),
+    "merge": ("hangpt.cli.merge", "merge", "Fold a LoRA adapter into its base model (a full checkpoint folder)."),
     "serve": ("hangpt.cli.serve", "serve", "OpenAI-compatible API and web playground."),
     "feedback": ("hangpt.cli.serve", "feedback", "Export rankings collected in the playground as preference pairs."),
     "inspect": ("hangpt.cli.serve", "inspect", "Show tokens, hidden states, parameters and attention maps."),

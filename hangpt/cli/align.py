@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import log, print_json, require_model, train_config, training_options
+from .options import (device_option, log, lora_options, print_json, require_model, sampling_options, sampling_settings,
+                      train_config, training_options)
 
 _PREFS_HELP = ("Preference file: JSONL/JSON array of {prompt, chosen, rejected[, margin]} or KoChatGPT's "
                "{prompt, completion_0.., ranking} (lower rank = better).")
@@ -20,6 +21,7 @@ def rm():
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help=_PREFS_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the reward model to.")
 @training_options
+@lora_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
 def rm_train(model, data, out, as_json, **opts):
     """Train a reward model: GPT + scalar head, loss -log sigmoid(r_chosen - r_rejected [- margin]).
@@ -46,34 +48,45 @@ def rm_train(model, data, out, as_json, **opts):
 @click.option("--model", required=True, help="Reward model folder (from `hangpt rm train`).")
 @click.option("--prompt", required=True, help="The user's message.")
 @click.option("--response", "responses", multiple=True, required=True, help="An answer to score (repeatable).")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the rewards as JSON.")
-def rm_score(model, prompt, responses, as_json):
-    """Print the reward of each --response to --prompt (higher = preferred)."""
+def rm_score(model, prompt, responses, device, as_json):
+    """Print the reward of each --response to --prompt (higher = preferred) and, with two or more,
+    the probability that the first beats the second: sigmoid(r1 - r2), the Bradley-Terry model the
+    reward model was trained under."""
+    import math
+
     from ..train.reward import load_reward_model, score_texts
 
     rm_model, tokenizer, template, _ = load_reward_model(model)
-    rewards = score_texts(rm_model, tokenizer, template, [prompt] * len(responses), list(responses))
+    rewards = score_texts(rm_model.to(device), tokenizer, template, [prompt] * len(responses), list(responses))
+    p_first = 0.5 * (1 + math.tanh((rewards[0] - rewards[1]) / 2)) if len(rewards) > 1 else None  # sigmoid
     if as_json:
-        print_json({"prompt": prompt, "rewards": [{"response": r, "reward": round(s, 6)} for r, s in zip(responses, rewards)]})
+        print_json({"prompt": prompt, "rewards": [{"response": r, "reward": round(s, 6)} for r, s in zip(responses, rewards)],
+                    **({"p_first_beats_second": round(p_first, 6)} if p_first is not None else {})})
     else:
         for r, s in zip(responses, rewards):
             click.echo(f"{s:+.4f}  {r}")
+        if p_first is not None:
+            click.echo(f"P(first beats second) = sigmoid({rewards[0]:+.4f} - {rewards[1]:+.4f}) = {p_first:.4f}")
 
 
 @rm.command("eval")
 @click.option("--model", required=True, help="Reward model folder.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help=_PREFS_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def rm_eval(model, data, batch_size, as_json):
+def rm_eval(model, data, batch_size, device, as_json):
     """Pairwise accuracy (chosen scored above rejected), loss and mean margin on a preference file."""
     from ..data.preferences import read_preferences
     from ..train.reward import encode_pairs, evaluate_pairs, load_reward_model
 
     rm_model, tokenizer, template, _ = load_reward_model(model)
+    rm_model.to(device)
     pairs = read_preferences(data)
     log(f"{len(pairs)} preference pairs from {data}{pairs.skipped_note()}")
-    examples = encode_pairs(pairs, template, tokenizer, rm_model.gpt.config.n_positions)
+    examples = encode_pairs(pairs, template, tokenizer, rm_model.gpt.config.context_length)
     metrics = {k.removeprefix("val_"): v for k, v in evaluate_pairs(rm_model, examples, tokenizer.pad_id, batch_size).items()}
     metrics["pairs"] = len(pairs)
     if as_json:
@@ -120,6 +133,7 @@ def make_pairs_cmd(data, out, rejected, question_column, answer_column, seed, as
 @click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
               help="Strength of the pull towards the reference (higher = stay closer).")
 @training_options
+@lora_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
 def dpo(model, data, out, beta, as_json, **opts):
     """Direct Preference Optimization against the starting model (sigmoid loss, answer-only log-probs).
@@ -153,8 +167,7 @@ def dpo(model, data, out, beta, as_json, **opts):
 @click.option("--mini-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Rollouts per gradient step (--batch-size rollouts are sampled per PPO step).")
 @click.option("--ppo-epochs", type=click.IntRange(min=1), default=4, show_default=True, help="Passes over each batch of rollouts.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True, help="Longest sampled answer.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@sampling_options
 @click.option("--kl-coef", type=click.FloatRange(min=0), default=0.05, show_default=True,
               help="Per-token penalty on log pi - log pi_ref.")
 @click.option("--gamma", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="GAE discount.")
@@ -163,20 +176,27 @@ def dpo(model, data, out, beta, as_json, **opts):
 @click.option("--clip-range-value", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True)
 @click.option("--vf-coef", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Weight of the value loss.")
 @training_options
+@lora_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
-def ppo(model, reward_model, prompts, out, mini_batch_size, ppo_epochs, max_new_tokens, temperature, kl_coef,
-        gamma, lam, clip_range, clip_range_value, vf_coef, as_json, **opts):
+def ppo(model, reward_model, prompts, out, mini_batch_size, ppo_epochs, kl_coef, gamma, lam, clip_range,
+        clip_range_value, vf_coef, as_json, **opts):
     """RLHF with PPO: sample answers, score them with the reward model, keep close to the reference.
 
     Logs per step mean reward, KL to the reference, entropy, clip fraction and value loss
     (train_log.jsonl, reward_curve.png). Defaults: batch 16 rollouts, lr 1e-5, 100 steps
-    (--epochs counts passes over the prompts)."""
+    (--epochs counts passes over the prompts). Rollouts sample with the decoding flags (temperature
+    1, at most 32 new tokens unless given)."""
     import math
 
     from ..data.preferences import read_prompts
+    from ..errors import InputError
     from ..train.ppo import PPOConfig, train_ppo
 
     require_model(model, opts["resume"])
+    sampling = sampling_settings(opts)
+    max_new_tokens, temperature = sampling.pop("max_new_tokens", 32), sampling.pop("temperature", 1.0)
+    if temperature <= 0:
+        raise InputError("--temperature must be > 0 for PPO rollouts (the policy's log-probabilities divide by it)")
     prompt_list = read_prompts(prompts)
     log(f"{len(prompt_list)} prompts from {prompts}{prompt_list.skipped_note('prompts')}")
     cfg = train_config(out, {**opts, "epochs": None}, batch_size=16, lr=1e-5, default_epochs=None)
@@ -184,10 +204,12 @@ def ppo(model, reward_model, prompts, out, mini_batch_size, ppo_epochs, max_new_
         cfg.max_steps = max(1, math.ceil(opts["epochs"] * len(prompt_list) / cfg.batch_size))
     elif not (opts["max_steps"] or opts["time_budget"]):
         cfg.max_steps = 100
-    cfg.epochs, cfg.weight_decay = None, 0.0
+    cfg.epochs = None
+    if opts["weight_decay"] is None:
+        cfg.weight_decay = 0.0
     settings = PPOConfig(mini_batch_size=min(mini_batch_size, cfg.batch_size), ppo_epochs=ppo_epochs,
-                         max_new_tokens=max_new_tokens, temperature=temperature, kl_coef=kl_coef, gamma=gamma,
-                         lam=lam, clip_range=clip_range, clip_range_value=clip_range_value, vf_coef=vf_coef)
+                         max_new_tokens=max_new_tokens, temperature=temperature, sampling=sampling, kl_coef=kl_coef,
+                         gamma=gamma, lam=lam, clip_range=clip_range, clip_range_value=clip_range_value, vf_coef=vf_coef)
     summary = train_ppo(model, prompt_list, None, cfg, settings, reward_model=reward_model, log=log)
     if as_json:
         print_json({"out": out, **summary})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import (generation_config_from_options, generation_options, log, print_evaluation, print_json,
-                      require_model, train_config, training_options)
+from .options import (device_option, generation_config_from_options, generation_options, log, lora_options,
+                      print_evaluation, print_json, require_model, train_config, training_options)
 
 
 # -- sft ----------------------------------------------------------------------------------------
@@ -21,9 +21,12 @@ from .options import (generation_config_from_options, generation_options, log, p
                    "[default: the model's own, else default].")
 @click.option("--question-column", default="Q", show_default=True, help="CSV/TSV column with the question.")
 @click.option("--answer-column", default="A", show_default=True, help="CSV/TSV column with the answer.")
+@click.option("--loss", type=click.Choice(["answer", "all"]), default="answer", show_default=True,
+              help="Learn the answers only, or every token (the KoGPT2 lab's labels=input_ids).")
 @training_options
+@lora_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
-def sft(model, data, out, template, question_column, answer_column, as_json, **opts):
+def sft(model, data, out, template, question_column, answer_column, loss, as_json, **opts):
     """Fine-tune a GPT into a chat model; the loss is on the answers (and their end token) only.
 
     Defaults: 3 epochs, batch 16, lr 3e-4, --max-length the model's context, 10% held out."""
@@ -36,7 +39,7 @@ def sft(model, data, out, template, question_column, answer_column, as_json, **o
     cfg = train_config(out, opts, batch_size=16, lr=3e-4, default_epochs=3)
     val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
     summary = run_sft(model, conversations, cfg, template_name=template, max_length=opts["max_length"],
-                      val_fraction=val_fraction, log=log)
+                      val_fraction=val_fraction, loss=loss, log=log)
     if as_json:
         print_json({"out": out, **summary})
     else:
@@ -57,7 +60,8 @@ _CHAT_HELP = "commands: /reset (forget the conversation), /system TEXT (set the 
 @click.option("--model", required=True, help="Chat model folder (its chat template is used to format prompts).")
 @click.option("--system", default=None, help="System message for the conversation.")
 @generation_options
-def chat(model, system, **options):
+@device_option
+def chat(model, system, device, **options):
     """Multi-turn chat in the terminal, answers streamed as they are generated.
 
     Reads one message per line from standard input (so it also works piped); the oldest turns are
@@ -75,10 +79,11 @@ def chat(model, system, **options):
     from ..templates import fit_conversation, prepare_tokenizer, template_for
 
     ckpt = load_checkpoint(model)
+    ckpt.model.to(device)
     template = template_for(ckpt.meta, ckpt.tokenizer)
     tokenizer = ckpt.tokenizer
     prepare_tokenizer(template, tokenizer, ckpt.model)
-    n_positions = ckpt.model.config.n_positions
+    n_positions = ckpt.model.config.context_length
     config = generation_config_from_options(options, {**_CHAT_DEFAULTS, **ckpt.generation_config},
                                             stop=template.stop_strings(tokenizer))
     config.max_new_tokens = min(config.max_new_tokens, n_positions - 1)
@@ -179,15 +184,17 @@ def classify_train(model, data, out, text_column, label_column, dropout, lm_coef
 @_data_options
 @click.option("--max-length", type=click.IntRange(min=1), default=128, show_default=True, help="Tokens per text.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print accuracy and confusion matrix as JSON.")
-def classify_eval(model, data, text_column, label_column, max_length, batch_size, as_json):
+def classify_eval(model, data, text_column, label_column, max_length, batch_size, device, as_json):
     """Accuracy and confusion matrix on labeled data."""
     from ..data.classification import read_labeled_texts
     from ..train.classify import encode_texts, evaluate, label_indices, load_classifier
 
     clf = load_classifier(model)
+    clf.model.to(device)
     rows = read_labeled_texts(data, text_column=text_column, label_column=label_column)
-    seqs, _ = encode_texts(clf.tokenizer, rows.texts, min(max_length, clf.model.gpt.config.n_positions))
+    seqs, _ = encode_texts(clf.tokenizer, rows.texts, min(max_length, clf.model.gpt.config.context_length))
     result = evaluate(clf.model, seqs, label_indices(rows.labels, clf.labels, str(data)), clf.tokenizer.pad_id,
                       batch_size)
     result.update(labels=clf.labels, skipped_empty=rows.skipped_empty)
@@ -200,8 +207,9 @@ def classify_eval(model, data, text_column, label_column, max_length, batch_size
 @click.option("--data", default=None, type=click.Path(dir_okay=False), help="TSV/CSV file of texts to classify.")
 @click.option("--text-column", default="document", show_default=True, help="Column with the text (with --data).")
 @click.option("--max-length", type=click.IntRange(min=1), default=128, show_default=True, help="Tokens per text.")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every prediction.")
-def classify_predict(model, texts, data, text_column, max_length, as_json):
+def classify_predict(model, texts, data, text_column, max_length, device, as_json):
     """Print each text's most likely label and its probability."""
     from ..data.classification import read_labeled_texts
     from ..errors import InputError
@@ -213,7 +221,8 @@ def classify_predict(model, texts, data, text_column, max_length, as_json):
     if not texts:
         raise InputError("give --text or --data")
     clf = load_classifier(model)
-    seqs, _ = encode_texts(clf.tokenizer, texts, min(max_length, clf.model.gpt.config.n_positions))
+    clf.model.to(device)
+    seqs, _ = encode_texts(clf.tokenizer, texts, min(max_length, clf.model.gpt.config.context_length))
     probs = predict_proba(clf.model, seqs, clf.tokenizer.pad_id)
     best = probs.argmax(-1).tolist()
     predictions = [{"text": t, "label": clf.labels[b], "probability": round(p[b].item(), 6),

@@ -8,8 +8,20 @@ import sys
 import click
 
 
+def _use_device(ctx, param, value):
+    from ..device import use_device
+
+    return use_device(value)
+
+
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+    callback=_use_device, help="Run the model on this device (auto: a CUDA GPU, else Apple MPS, else the CPU).")
+
+
 def training_options(f):
-    """The flags every training command shares (see DESIGN.md, command-line conventions)."""
+    """The flags every training command shares (see DESIGN.md, command-line conventions), with
+    PyTorch/transformers names for the optimizer and the learning-rate schedule."""
     options = [
         click.option("--epochs", type=float, default=None, help="Passes over the training data."),
         click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps."),
@@ -18,6 +30,16 @@ def training_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sequences per optimizer step."),
         click.option("--grad-accum", type=click.IntRange(min=1), default=1, help="Micro-batches per optimizer step."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate."),
+        click.option("--lr-schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine",
+                     show_default=True, help="After warmup: cosine to 10% of --lr, linear to 0, or constant."),
+        click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
+                     help="Steps of linear warmup [default: the first 3% of training]."),
+        click.option("--optimizer", type=click.Choice(["adamw", "adam"]), default="adamw", show_default=True,
+                     help="torch.optim.AdamW (decoupled weight decay) or torch.optim.Adam."),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+                     help="On weight matrices only [default: 0.1 with adamw, 0 with adam]."),
+        click.option("--adam-betas", type=(float, float), default=None, help="Adam's (beta1, beta2) [0.9 0.95]."),
+        click.option("--adam-eps", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam's epsilon [1e-8]."),
         click.option("--max-length", type=click.IntRange(min=2), default=None, help="Tokens per sequence."),
         click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=None, help="Share of the data held out for validation."),
         click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Validate every N steps."),
@@ -25,7 +47,39 @@ def training_options(f):
         click.option("--seed", type=int, default=1234, show_default=True, help="Random seed."),
         click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out."),
         click.option("--bf16", is_flag=True, help="bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX, and GPUs)."),
+        click.option("--gradient-checkpointing", is_flag=True,
+                     help="Recompute each block's activations in the backward pass: less memory, ~30% slower."),
         click.option("--no-progress", is_flag=True, help="No progress bar (logs and pipes)."),
+        device_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _lora_targets(ctx, param, value):
+    """`--lora-targets q_proj,v_proj` -> a list; `all-linear` stays PEFT's shorthand."""
+    if value is None or value == "all-linear":
+        return value
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise click.BadParameter("give module names, e.g. c_attn,c_proj or q_proj,v_proj, or all-linear")
+    return names
+
+
+def lora_options(f):
+    """LoRA flags of the fine-tuning commands: only low-rank adapters (and new heads) train, the
+    folder written is a PEFT adapter naming its base."""
+    options = [
+        click.option("--lora-r", type=click.IntRange(min=1), default=None,
+                     help="Train LoRA adapters of this rank instead of every weight."),
+        click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="LoRA scaling numerator: updates are scaled by alpha / r [2 x r]."),
+        click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+                     help="Dropout on the adapters' input."),
+        click.option("--lora-targets", default=None, callback=_lora_targets,
+                     help="Comma-separated layer names to adapt, or all-linear [PEFT's default for the family: "
+                          "c_attn for GPT-2, q_proj,v_proj for Llama]."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -46,41 +100,69 @@ def _token_bias(ctx, param, values):
     return out
 
 
+def _generation_flags() -> dict:
+    """flag name -> click option, for every decoding flag."""
+    return {
+        "max_new_tokens": click.option("--max-new-tokens", type=int, default=None, help="Tokens to generate at most [64]."),
+        "do_sample": click.option("--do-sample/--greedy", "do_sample", default=None,
+                                  help="Sample (with the filters below) instead of greedy/beam decoding."),
+        "temperature": click.option("--temperature", type=float, default=None, help="Sampling temperature [1.0]."),
+        "top_k": click.option("--top-k", type=int, default=None, help="Sample among the k most likely tokens (0 = off)."),
+        "top_p": click.option("--top-p", type=float, default=None, help="Nucleus sampling: smallest set with this much probability."),
+        "min_p": click.option("--min-p", type=float, default=None, help="Drop tokens below min-p x the top token's probability."),
+        "repetition_penalty": click.option("--repetition-penalty", type=float, default=None, help="transformers' penalty on seen tokens (1 = off)."),
+        "frequency_penalty": click.option("--frequency-penalty", type=float, default=None, help="OpenAI: subtract this x count of each generated token."),
+        "presence_penalty": click.option("--presence-penalty", type=float, default=None, help="OpenAI: subtract this from every generated token."),
+        "no_repeat_ngram_size": click.option("--no-repeat-ngram-size", type=int, default=None, help="Never repeat an n-gram of this size."),
+        "num_beams": click.option("--num-beams", type=int, default=None, help="Beam search with this many beams (1 = off)."),
+        "length_penalty": click.option("--length-penalty", type=float, default=None, help="Beam score = logprob / length ** this [1.0]."),
+        "early_stopping": click.option("--early-stopping", type=click.Choice(["true", "false", "never"]), default=None,
+                                       help="Beam search stopping rule, as in transformers."),
+        "num_return_sequences": click.option("--num-return-sequences", type=int, default=None, help="Sequences per prompt."),
+        "eos_token_id": click.option("--eos-token-id", type=int, multiple=True, help="Stop at this token id (repeatable; default: the model's)."),
+        "stop": click.option("--stop", multiple=True, help="Stop string, not included in the output (repeatable)."),
+        "logit_bias": click.option("--logit-bias", multiple=True, callback=_token_bias, help="ID=BIAS added to a token's logit (repeatable)."),
+        "logprobs": click.option("--logprobs", type=int, default=None, help="Report each token's logprob and the N most likely alternatives."),
+        "seed": click.option("--seed", type=int, default=None, help="Random seed (sampling repeats exactly)."),
+    }
+
+
+def _add_options(f, names):
+    flags = _generation_flags()
+    for name in reversed(names):
+        f = flags[name](f)
+    return f
+
+
 def generation_options(f):
     """Decoding flags (transformers.generate / OpenAI names in kebab-case), shared by generate, chat
     and demo. Unset flags fall back to the checkpoint's generation_config.json, then the engine's
     defaults; turn them into a GenerationConfig with `generation_config_from_options`."""
-    options = [
-        click.option("--max-new-tokens", type=int, default=None, help="Tokens to generate at most [64]."),
-        click.option("--do-sample/--greedy", "do_sample", default=None,
-                     help="Sample (with the filters below) instead of greedy/beam decoding."),
-        click.option("--temperature", type=float, default=None, help="Sampling temperature [1.0]."),
-        click.option("--top-k", type=int, default=None, help="Sample among the k most likely tokens (0 = off)."),
-        click.option("--top-p", type=float, default=None, help="Nucleus sampling: smallest set with this much probability."),
-        click.option("--min-p", type=float, default=None, help="Drop tokens below min-p x the top token's probability."),
-        click.option("--repetition-penalty", type=float, default=None, help="transformers' penalty on seen tokens (1 = off)."),
-        click.option("--frequency-penalty", type=float, default=None, help="OpenAI: subtract this x count of each generated token."),
-        click.option("--presence-penalty", type=float, default=None, help="OpenAI: subtract this from every generated token."),
-        click.option("--no-repeat-ngram-size", type=int, default=None, help="Never repeat an n-gram of this size."),
-        click.option("--num-beams", type=int, default=None, help="Beam search with this many beams (1 = off)."),
-        click.option("--length-penalty", type=float, default=None, help="Beam score = logprob / length ** this [1.0]."),
-        click.option("--early-stopping", type=click.Choice(["true", "false", "never"]), default=None,
-                     help="Beam search stopping rule, as in transformers."),
-        click.option("--num-return-sequences", type=int, default=None, help="Sequences per prompt."),
-        click.option("--eos-token-id", type=int, multiple=True, help="Stop at this token id (repeatable; default: the model's)."),
-        click.option("--stop", multiple=True, help="Stop string, not included in the output (repeatable)."),
-        click.option("--logit-bias", multiple=True, callback=_token_bias, help="ID=BIAS added to a token's logit (repeatable)."),
-        click.option("--logprobs", type=int, default=None, help="Report each token's logprob and the N most likely alternatives."),
-        click.option("--seed", type=int, default=None, help="Random seed (sampling repeats exactly)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return _add_options(f, GENERATION_FLAGS)
+
+
+def sampling_options(f):
+    """The sampling subset of the decoding flags, for commands that sample as part of their work
+    (PPO rollouts); collect them with `sampling_settings`."""
+    return _add_options(f, SAMPLING_FLAGS)
 
 
 GENERATION_FLAGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                     "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "num_beams", "length_penalty",
                     "early_stopping", "num_return_sequences", "eos_token_id", "stop", "logit_bias", "logprobs", "seed")
+SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+                  "presence_penalty", "no_repeat_ngram_size", "logit_bias")
+
+
+def sampling_settings(kwargs: dict) -> dict:
+    """Pop the sampling_options flags out of a command's kwargs: {GenerationConfig field: value} of
+    those given, checked as generate checks them."""
+    from ..engine import GenerationConfig
+
+    given = {name: kwargs.pop(name, None) for name in SAMPLING_FLAGS}
+    values = {name: v for name, v in given.items() if v not in (None, {})}
+    _validated(GenerationConfig(do_sample=True, **values))
+    return values
 
 
 def generation_config_from_options(kwargs: dict, defaults: dict | None = None, stop: list[str] = ()):
@@ -90,8 +172,6 @@ def generation_config_from_options(kwargs: dict, defaults: dict | None = None, s
     defaults); extra `stop` strings (a chat template's) are added to --stop.
     """
     from ..engine import GenerationConfig
-
-    from ..errors import InputError
 
     values = dict(defaults or {})
     for name in GENERATION_FLAGS:
@@ -106,7 +186,13 @@ def generation_config_from_options(kwargs: dict, defaults: dict | None = None, s
             v = list(v)
         values[name] = v
     values["stop"] = list(values.get("stop", [])) + [s for s in stop if s not in values.get("stop", [])]
-    config = GenerationConfig.from_dict(values)
+    return _validated(GenerationConfig.from_dict(values))
+
+
+def _validated(config):
+    """config, or an InputError naming the flag of its first bad field."""
+    from ..errors import InputError
+
     try:
         config.validate()
     except InputError as e:  # name the flag, not the field: "--top-p 1.5: must be in (0, 1]"
@@ -157,11 +243,29 @@ def train_config(out, opts: dict, *, batch_size: int, lr: float, default_epochs:
                       lr=opts["lr"] or lr, max_steps=opts["max_steps"], epochs=epochs,
                       time_budget=opts["time_budget"], seed=opts["seed"], resume=opts["resume"], bf16=opts["bf16"],
                       progress=not opts["no_progress"])
+    apply_optimizer_options(cfg, opts)
+    cfg.gradient_checkpointing = opts["gradient_checkpointing"]
+    if opts.get("lora_r"):
+        cfg.lora = {"r": opts["lora_r"], "alpha": opts["lora_alpha"],
+                    "dropout": opts["lora_dropout"], "targets": opts["lora_targets"]}
     if opts["eval_every"]:
         cfg.eval_every = opts["eval_every"]
     if opts["save_every"]:
         cfg.save_every = opts["save_every"]
     return cfg
+
+
+def apply_optimizer_options(cfg, opts: dict) -> None:
+    """The optimizer and schedule flags onto a TrainConfig (unset ones keep its defaults)."""
+    cfg.optimizer, cfg.lr_schedule, cfg.warmup_steps = opts["optimizer"], opts["lr_schedule"], opts["warmup_steps"]
+    if opts["weight_decay"] is not None:
+        cfg.weight_decay = opts["weight_decay"]
+    elif cfg.optimizer == "adam":
+        cfg.weight_decay = 0.0  # torch.optim.Adam's default, as the KoGPT2 lab trains
+    if opts["adam_betas"] is not None:
+        cfg.betas = tuple(opts["adam_betas"])
+    if opts["adam_eps"] is not None:
+        cfg.adam_eps = opts["adam_eps"]
 
 
 def require_model(model, resume):

@@ -104,12 +104,12 @@ def target_names(model: nn.Module, targets: list[str] | str | None) -> list[str]
 def add_lora(model: nn.Module, r: int, alpha: float | None = None, dropout: float = 0.0,
              targets: list[str] | str | None = None, use_rslora: bool = False) -> list[nn.Parameter]:
     """Freeze every weight of `model`, wrap the target layers in LoRALinear; returns the adapter
-    parameters (the only ones that train). alpha defaults to PEFT's 8."""
+    parameters (the only ones that train). alpha defaults to 2 r (updates scaled by 2)."""
     from ..errors import InputError
 
     if r < 1:
         raise InputError(f"--lora-r {r}: must be a positive integer")
-    alpha = 8 if alpha is None else alpha
+    alpha = 2 * r if alpha is None else alpha
     names = target_names(model, targets)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -182,10 +182,13 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def peft_target_modules(model: nn.Module) -> list[str]:
-    """adapter_config.json's target_modules for the adapted layers: their last names when those
-    select exactly these layers (PEFT's usual form, e.g. ["c_attn"]), else their full paths."""
+    """adapter_config.json's target_modules for the adapted layers: the shortest name suffixes that
+    select exactly these layers under PEFT's matching (["c_attn"], ["mlp.c_proj"], ...)."""
     adapted = set(lora_layers(model))
-    leaves = sorted({name.rpartition(".")[2] for name in adapted})
-    selected = {name for name, m in model.named_modules()
-                if name.rpartition(".")[2] in leaves and (is_linear(m) or isinstance(m, LoRALinear))}
-    return leaves if selected == adapted else sorted(adapted)
+    candidates = [n for n, m in model.named_modules() if is_linear(m) or isinstance(m, LoRALinear)]
+    depth = 1
+    while True:  # ends at the latest with the full paths
+        suffixes = sorted({".".join(n.split(".")[-depth:]) for n in adapted})
+        if {n for n in candidates if any(n == s or n.endswith("." + s) for s in suffixes)} == adapted:
+            return suffixes
+        depth += 1

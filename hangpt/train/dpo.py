@@ -16,7 +16,8 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.preferences import PreferencePair, chat_template
 from ..errors import InputError
 from ..templates import template_for
-from .loop import ShuffledBatches, TrainConfig, Trainer, device, load_reference, resume_state, seed_everything
+from .loop import (ShuffledBatches, TrainConfig, Trainer, apply_lora, device, load_reference, resume_state,
+                   seed_everything)
 from .losses import dpo_loss, token_logprobs
 from .reward import PairExample, collate_pairs, encode_pairs, pair_length
 from .sft import holdout_split
@@ -91,7 +92,7 @@ def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConf
         raise InputError(f"--beta {beta}: must be positive")
     state = resume_state(cfg)
     if state is not None:
-        ckpt = load_checkpoint(cfg.out)
+        ckpt = load_checkpoint(cfg.out, merge_adapter=False)
         template = template_for(ckpt.meta, ckpt.tokenizer)
         base = ckpt.meta.get("base_model", {})
         reference = load_reference(ckpt, cfg.out)
@@ -111,6 +112,8 @@ def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConf
     train = with_reference_logprobs(reference, encode_pairs(train_pairs, template, tokenizer, max_length), pad_id, cfg.batch_size)
     val = with_reference_logprobs(reference, encode_pairs(val_pairs, template, tokenizer, max_length), pad_id, cfg.batch_size)
     del reference
+    if state is None:
+        apply_lora(model, cfg, log)
     cfg.extra.update(template=template.name, beta=beta, max_length=max_length, train_pairs=len(train), val_pairs=len(val))
     batches = ShuffledBatches(train, cfg.batch_size, lambda b: collate_pairs(b, pad_id), seed=cfg.seed,
                               length=pair_length)

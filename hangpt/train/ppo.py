@@ -14,7 +14,7 @@ import copy
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,8 +25,9 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.preferences import chat_template
 from ..errors import InputError
 from ..templates import template_for
-from .loop import (ResumableRun, ShuffledBatches, StepBoundaryStop, TrainConfig, device, load_reference, lr_at,
-                   make_optimizer, resume_state, seed_everything)
+from ..models.lora import has_lora
+from .loop import (ResumableRun, ShuffledBatches, StepBoundaryStop, TrainConfig, apply_lora, checkpoint_blocks, device,
+                   load_reference, lr_at, make_optimizer, resume_state, seed_everything)
 from .losses import (
     entropy_from_logits,
     gae,
@@ -48,6 +49,7 @@ class PPOConfig:
     ppo_epochs: int = 4
     max_new_tokens: int = 32
     temperature: float = 1.0
+    sampling: dict = field(default_factory=dict)  # more GenerationConfig settings for rollouts: top_k, top_p, ...
     kl_coef: float = 0.05
     gamma: float = 1.0
     lam: float = 0.95
@@ -128,6 +130,8 @@ class PPOTrainer(ResumableRun):
         self.tokenizer, self.prompts, self.encode_prompt = tokenizer, prompts, encode_prompt
         self.score_fn, self.save_fn, self.log = score_fn, save_fn, log
         self.batches = ShuffledBatches(list(range(len(prompts))), cfg.batch_size, lambda b: b, seed=cfg.seed)
+        if cfg.gradient_checkpointing:
+            checkpoint_blocks(policy)
         self.optimizer = make_optimizer(policy, cfg)
         self.step, self.elapsed, self.tokens = 0, 0.0, 0  # tokens: sampled answer tokens
         self.history: list[dict] = []
@@ -157,8 +161,11 @@ class PPOTrainer(ResumableRun):
         n_ctx = self.policy.gpt.config.context_length
         prompt_ids = [self.encode_prompt(p)[-(n_ctx - self.ppo.max_new_tokens) :] for p in prompts]
         gen = GenerationConfig(max_new_tokens=self.ppo.max_new_tokens, do_sample=True,
-                               temperature=self.ppo.temperature, seed=self.cfg.seed * 100_003 + self.step)
-        completions = Engine(self.policy.gpt, self.tokenizer).generate(prompt_ids, gen)
+                               temperature=self.ppo.temperature, seed=self.cfg.seed * 100_003 + self.step,
+                               **self.ppo.sampling)
+        # the fused C step reads plain weights: a policy with LoRA layers samples with the PyTorch forward
+        engine = Engine(self.policy.gpt, self.tokenizer, fast_decode=not has_lora(self.policy.gpt))
+        completions = engine.generate(prompt_ids, gen)
         eos = self.policy.gpt.config.eos_token_id
         # the engine drops the EOS it stopped on; it is an action of the policy, so it is kept here
         responses = [c[0].token_ids + ([eos] if c[0].finish_reason == "stop" else []) for c in completions]
@@ -182,7 +189,7 @@ class PPOTrainer(ResumableRun):
             advantages, returns = gae(rewards, old_values, mask, ppo.gamma, ppo.lam)
             if ppo.whiten_advantages:
                 advantages = masked_whiten(advantages, mask) * mask
-        lr = lr_at(self.progress(), self.cfg)
+        lr = lr_at(self.step, self.progress(), self.cfg, self.cfg.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "entropy": [], "approx_kl": []}
@@ -285,7 +292,7 @@ def train_ppo(model_dir: str | Path, prompts: list, score_fn: ScoreFn | None, cf
     seed_everything(cfg.seed)
     state = resume_state(cfg)
     if state is not None:
-        ckpt = load_checkpoint(cfg.out)
+        ckpt = load_checkpoint(cfg.out, merge_adapter=False)
         template = template_for(ckpt.meta, ckpt.tokenizer)
         base = ckpt.meta.get("base_model", {})
         reference = load_reference(ckpt, cfg.out)
@@ -294,6 +301,7 @@ def train_ppo(model_dir: str | Path, prompts: list, score_fn: ScoreFn | None, cf
         ckpt = load_checkpoint(model_dir)
         template = chat_template(ckpt)
         reference = copy.deepcopy(ckpt.model)
+        apply_lora(ckpt.model, cfg, log)
         policy = PolicyWithValue(ckpt.model)
         base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
     tokenizer = ckpt.tokenizer

@@ -18,7 +18,7 @@ from ..data.preferences import PreferencePair, chat_template, encode_answer, pad
 from ..errors import InputError
 from ..templates import ChatTemplate, template_for
 from ..tokenizer import PAD
-from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
+from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, resume_state, seed_everything
 from .losses import pairwise_reward_loss
 from .sft import holdout_split
 
@@ -56,9 +56,9 @@ def ensure_pad_token(tokenizer, model) -> None:
     model.config.pad_token_id = tokenizer.pad_id
 
 
-def load_reward_model(path: str | Path) -> tuple[RewardModel, object, ChatTemplate, dict]:
+def load_reward_model(path: str | Path, merge_adapter: bool = True) -> tuple[RewardModel, object, ChatTemplate, dict]:
     """(reward model, tokenizer, chat template, hangpt.json) of a folder written by `rm train`."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, merge_adapter=merge_adapter)
     weight = ckpt.extra_tensors.get("score.weight")
     if weight is None or weight.numel() != ckpt.model.config.hidden_size:
         raise InputError(f"{path}: not a reward model (no score.weight of shape (1, {ckpt.model.config.hidden_size}); "
@@ -136,11 +136,12 @@ def train_reward_model(model_dir: str | Path, pairs: list[PreferencePair], cfg: 
     seed_everything(cfg.seed)
     state = resume_state(cfg)
     if state is not None:
-        rm, tokenizer, template, meta = load_reward_model(cfg.out)
+        rm, tokenizer, template, meta = load_reward_model(cfg.out, merge_adapter=False)
         base = meta.get("base_model", {})
     else:
         ckpt = load_checkpoint(model_dir)
         template = chat_template(ckpt)
+        apply_lora(ckpt.model, cfg, log)
         ensure_pad_token(ckpt.tokenizer, ckpt.model)
         rm, tokenizer = RewardModel(ckpt.model), ckpt.tokenizer
         base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}

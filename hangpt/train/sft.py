@@ -12,7 +12,7 @@ import torch
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..templates import IGNORE_INDEX, ChatTemplate, prepare_tokenizer, template_for
-from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
+from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, resume_state, seed_everything
 from .losses import next_token_loss
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
@@ -59,6 +59,11 @@ def encode_conversations(conversations: list[list[dict]], template: ChatTemplate
     return EncodedConversations(examples, truncated, dropped)
 
 
+def whole_sequence(examples: list[Example]) -> list[Example]:
+    """Labels = input ids: every token is learned, the prompt's too."""
+    return [(ids, list(ids)) for ids, _ in examples]
+
+
 def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest example: pads get label -100 so they carry no loss.
 
@@ -97,13 +102,14 @@ def validation_loss(model, examples: list[Example], pad_id: int, batch_size: int
 
 def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainConfig, *,
             template_name: str | None = None, max_length: int | None = None, val_fraction: float = 0.1,
-            log=print) -> dict:
+            loss: str = "answer", log=print) -> dict:
     """Fine-tune the checkpoint in `model_dir` (or continue the run in cfg.out with cfg.resume) and
-    write the result to cfg.out; returns the training summary."""
+    write the result to cfg.out; returns the training summary. loss="all" learns every token of
+    each example, prompt included (the KoGPT2 lab's labels=input_ids), instead of the answers only."""
     seed_everything(cfg.seed)
     state = resume_state(cfg)
     if state is not None:
-        ckpt = load_checkpoint(cfg.out)
+        ckpt = load_checkpoint(cfg.out, merge_adapter=False)
         template = template_for(ckpt.meta, ckpt.tokenizer)
         base = ckpt.meta.get("base_model", {})
     else:
@@ -111,6 +117,8 @@ def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainCo
         template = template_for(ckpt.meta, ckpt.tokenizer, template_name)
         base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
     model, tokenizer = ckpt.model, ckpt.tokenizer
+    if state is None:
+        apply_lora(model, cfg, log)
     added = prepare_tokenizer(template, tokenizer, model)
     if added:
         log(f"added tokens {', '.join(added)} to the tokenizer; embeddings resized to {model.config.vocab_size}")
@@ -118,12 +126,14 @@ def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainCo
     train_convs, val_convs = holdout_split(conversations, val_fraction, cfg.seed)
     train = encode_conversations(train_convs, template, tokenizer, max_length)
     val = encode_conversations(val_convs, template, tokenizer, max_length)
+    if loss == "all":
+        train.examples, val.examples = whole_sequence(train.examples), whole_sequence(val.examples)
     truncated, dropped = train.truncated + val.truncated, train.dropped + val.dropped
     if truncated or dropped:
         log(f"{truncated} examples had their prompt cut from the left and {dropped} were dropped "
             f"(answer longer than --max-length {max_length})")
     pad_id = tokenizer.pad_id
-    cfg.extra.update(template=template.name, max_length=max_length, train_examples=len(train.examples),
+    cfg.extra.update(template=template.name, loss=loss, max_length=max_length, train_examples=len(train.examples),
                      val_examples=len(val.examples), truncated=truncated, dropped=dropped)
     batches = ShuffledBatches(train.examples, cfg.batch_size, lambda b: collate(b, pad_id), seed=cfg.seed,
                               length=lambda e: len(e[0]))
