@@ -186,3 +186,26 @@ def test_lora_ctrl_c_then_resume_equals_uninterrupted(tmp_path, tiny_checkpoint,
     a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (straight, stopped))
     assert a.keys() == b.keys() and "base_model.model.transformer.wte.weight" in a
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("targets", [None, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]])
+def test_llama_adapter_matches_peft(tmp_path, tiny_tokenizer, targets):
+    """nn.Linear layers (the Llama family): same logits and trainable count as PEFT, both ways."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=tiny_tokenizer.vocab_size, hidden_size=64, intermediate_size=96,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
+    base = tmp_path / "base"
+    transformers.LlamaForCausalLM(config).save_pretrained(base)
+    tiny_tokenizer.save(base)
+    ckpt = load_checkpoint(base, dtype="float32")
+    params = add_lora(ckpt.model, r=4, alpha=8, targets=targets)
+    _randomize(params)
+    save_checkpoint(tmp_path / "adapter", ckpt.model, ckpt.tokenizer, {"stage": "sft", "base_model": {"path": str(base)}})
+    theirs = peft.PeftModel.from_pretrained(transformers.LlamaForCausalLM.from_pretrained(base), tmp_path / "adapter")
+    ids = torch.randint(0, tiny_tokenizer.vocab_size, (2, 24))
+    assert (_logits(theirs, ids) - _logits(ckpt.model, ids)).abs().max().item() < 1e-4
+    assert (_logits(load_checkpoint(tmp_path / "adapter").model, ids) - _logits(theirs, ids)).abs().max().item() < 1e-4
+    fresh = peft.get_peft_model(transformers.LlamaForCausalLM.from_pretrained(base),
+                                peft.LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"))
+    assert sum(p.numel() for p in params) == fresh.get_nb_trainable_parameters()[0]
