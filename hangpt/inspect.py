@@ -46,7 +46,7 @@ def inspect_text(model: CausalLM, tokenizer, text: str, top_k: int = 10) -> Insp
     if not ids:
         raise InputError("--text: the text is empty (no tokens to inspect)")
     ids = ids[-model.config.context_length:]
-    out = model(torch.tensor([ids]), output_hidden_states=True, output_attentions=True)
+    out = model(torch.tensor([ids], device=_device(model)), output_hidden_states=True, output_attentions=True)
     probs = out.logits[0, -1].float().softmax(-1)
     p, idx = probs.topk(min(top_k, probs.numel()))
     top = [{"id": int(i), "token": tokenizer.decode([int(i)]), "prob": round(float(q), 6)} for q, i in zip(p, idx)]
@@ -54,32 +54,63 @@ def inspect_text(model: CausalLM, tokenizer, text: str, top_k: int = 10) -> Insp
         ids=ids,
         pieces=tokenizer.pieces(ids),
         hidden_shapes=[tuple(h.shape) for h in out.hidden_states],
-        attentions=[a[0].float() for a in out.attentions],
+        attentions=[a[0].float().cpu() for a in out.attentions],
         top_next=top,
     )
 
 
+def plot_graph(model: CausalLM, tokenizer, text: str, path: str | Path) -> Path:
+    """The computation graph of one forward pass over `text`: every operation autograd records for
+    the backward pass (blue boxes: the weights, named as in the checkpoint), drawn by torchviz with
+    Graphviz's `dot` program. The format follows the file name: .png, .svg or .pdf."""
+    import shutil
+
+    from torchviz import make_dot
+
+    from .errors import HangptError
+
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise InputError(f"--graph {path}: name a .png, .svg or .pdf file")
+    if shutil.which("dot") is None:
+        raise HangptError("--graph needs Graphviz's `dot` program: install Graphviz "
+                          "(apt-get install graphviz, brew install graphviz, or graphviz.org)")
+    ids = tokenizer.encode(text)[-model.config.context_length:]
+    if not ids:
+        raise InputError("--text: the text is empty (no tokens to inspect)")
+    with torch.enable_grad():
+        logits = model(torch.tensor([ids], device=_device(model))).logits
+    graph = make_dot(logits, params=dict(model.named_parameters()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(graph.pipe(format=path.suffix[1:].lower()))
+    return path
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def parameter_summary(model: CausalLM) -> list[dict]:
-    """Parameters per module (embeddings, each block's ln/attn/mlp, ln_f, the tied lm_head).
+    """Parameters per module under the checkpoint's names: embeddings, each block's parts (norms,
+    attention, MLP), the final norm and the LM head (0 when tied to the embeddings).
 
     Shared tensors are counted once, at their first owner, so the total equals
     `model.num_parameters()`; the last row is the total.
     """
-    tr = model.transformer
-    modules = [("embeddings.wte", tr.wte), ("embeddings.wpe", tr.wpe)]
-    for i, block in enumerate(tr.h):
-        modules += [(f"h.{i}.ln_1", block.ln_1), (f"h.{i}.attn", block.attn),
-                    (f"h.{i}.ln_2", block.ln_2), (f"h.{i}.mlp", block.mlp)]
-    modules += [("ln_f", tr.ln_f), ("lm_head", model.lm_head)]
-    seen: set[int] = set()
+    names = {id(m): name for name, m in model.named_modules()}
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    parts = [child for block in model.blocks for child in block.children()]
+    modules = [*embeddings, *parts, model.final_norm, model.lm_head]
+    seen: dict[int, str] = {}
     rows = []
-    for name, module in modules:
-        params = [p for p in module.parameters() if id(p) not in seen]
-        shared = [p for p in module.parameters() if id(p) in seen]
-        seen.update(id(p) for p in params)
-        row = {"module": name, "parameters": sum(p.numel() for p in params)}
+    for module in modules:
+        name = names[id(module)]
+        own = [p for p in module.parameters() if id(p) not in seen]
+        shared = [seen[id(p)] for p in module.parameters() if id(p) in seen]
+        seen.update((id(p), name) for p in own)
+        row = {"module": name, "parameters": sum(p.numel() for p in own)}
         if shared:
-            row["note"] = "tied to embeddings.wte"
+            row["note"] = f"tied to {shared[0]}"
         rows.append(row)
     rows.append({"module": "total", "parameters": sum(r["parameters"] for r in rows)})
     return rows

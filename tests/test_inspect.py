@@ -35,7 +35,7 @@ def test_parameter_summary_adds_up(ckpt):
     assert rows[-1] == {"module": "total", "parameters": ckpt.model.num_parameters()}
     by_name = {r["module"]: r for r in rows}
     assert by_name["lm_head"]["parameters"] == 0 and "tied" in by_name["lm_head"]["note"]
-    assert by_name["h.1.attn"]["parameters"] == 64 * 3 * 64 + 3 * 64 + 64 * 64 + 64
+    assert by_name["transformer.h.1.attn"]["parameters"] == 64 * 3 * 64 + 3 * 64 + 64 * 64 + 64
 
 
 def test_heatmaps_are_written(ckpt, tmp_path):

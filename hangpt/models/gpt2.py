@@ -68,6 +68,10 @@ class GPTConfig:
     def num_kv_heads(self) -> int:
         return self.n_head
 
+    @property
+    def dropout(self) -> float:
+        return self.resid_pdrop
+
     def to_hf_dict(self) -> dict:
         """config.json contents that `transformers.AutoConfig` reads as a GPT2Config."""
         d = asdict(self)

@@ -78,6 +78,10 @@ class LlamaConfig:
         return self.num_key_value_heads
 
     @property
+    def dropout(self) -> float:
+        return self.attention_dropout
+
+    @property
     def qkv_bias(self) -> bool:
         return self.attention_bias or self.model_type == "qwen2"
 

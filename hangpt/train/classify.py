@@ -170,7 +170,7 @@ def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str
     examples = list(zip(seqs, label_indices(labels, clf.labels, "training data")))
     train, val = holdout_split(examples, val_fraction, cfg.seed)
     cfg.extra.update(max_length=max_length, train_examples=len(train), val_examples=len(val), truncated=truncated,
-                     dropout=clf.model.gpt.config.resid_pdrop, lm_coef=lm_coef)
+                     dropout=clf.model.gpt.config.dropout, lm_coef=lm_coef)
     model = clf.model.to(device())
     dev = device()
 
