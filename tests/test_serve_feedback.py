@@ -14,11 +14,11 @@ def test_ranking_becomes_every_ordered_pair(tmp_path):
     store = FeedbackStore(tmp_path / "fb.sqlite")
     store.add("질문", ["좋음", "보통", "나쁨"], [0, 1, 2], params={"temperature": 0.8})
     store.add("시스템 질문", ["A", "B", "C"], [1, 0, 1], system="친절한 도우미")  # a tie: A and C
-    rankings = store.rankings()
+    rankings = list(store.rankings())
     assert rankings[0]["params"] == {"temperature": 0.8}
-    first = preference_pairs(rankings[0])
+    first = list(preference_pairs(rankings[0]))
     assert {(p["chosen"], p["rejected"]) for p in first} == {("좋음", "보통"), ("좋음", "나쁨"), ("보통", "나쁨")}
-    second = preference_pairs(rankings[1])
+    second = list(preference_pairs(rankings[1]))
     assert {(p["chosen"], p["rejected"]) for p in second} == {("B", "A"), ("B", "C")}
     assert second[0]["prompt"] == [{"role": "system", "content": "친절한 도우미"},
                                    {"role": "user", "content": "시스템 질문"}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import print_json
+from .options import device_option, print_json
 
 
 @click.command()
@@ -23,7 +23,12 @@ from .options import print_json
               help="Largest max_tokens a request may ask for [default: the model's context].")
 @click.option("--max-n", type=click.IntRange(min=1), default=8, show_default=True, help="Largest n per request.")
 @click.option("--model-name", default=None, help="The id /v1/models reports [default: the folder name].")
-def serve(model, host, port, api_key, feedback_db, max_batch_size, max_tokens_limit, max_n, model_name):
+@device_option
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Also answer requests whose Host header is this name (repeatable; * answers any). By default "
+                   "only the names of the --host address are answered, which keeps web pages from reaching the "
+                   "server through DNS rebinding.")
+def serve(model, host, port, api_key, feedback_db, max_batch_size, max_tokens_limit, max_n, model_name, device, allowed_hosts):
     """OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and the web
     playground at / (chat, compare-and-rank, attention maps)."""
     import os
@@ -32,9 +37,10 @@ def serve(model, host, port, api_key, feedback_db, max_batch_size, max_tokens_li
     import uvicorn
 
     from ..checkpoint import load_checkpoint
-    from ..serve.app import ServerSettings, create_app
+    from ..serve.app import ServerSettings, allowed_hosts_for, create_app
 
     ckpt = load_checkpoint(model)
+    ckpt.model.to(device)
     if feedback_db is None:
         folder = ckpt.path if ckpt.path and os.access(ckpt.path, os.W_OK) else Path("hangpt-run")
         feedback_db = Path(folder) / "feedback.sqlite"
@@ -43,8 +49,9 @@ def serve(model, host, port, api_key, feedback_db, max_batch_size, max_tokens_li
         api_key=api_key,
         feedback_db=Path(feedback_db),
         max_batch_size=max_batch_size,
-        max_tokens_limit=max_tokens_limit or ckpt.model.config.n_positions,
+        max_tokens_limit=max_tokens_limit or ckpt.model.config.context_length,
         max_n=max_n,
+        allowed_hosts=allowed_hosts_for(host, allowed_hosts),
     )
     app = create_app(ckpt, settings)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
@@ -86,16 +93,20 @@ def export(db, out, as_json):
               help="Folder for attention heatmap PNGs (attention_L{l}_H{h}.png, attention_layer{l}.png).")
 @click.option("--layer", type=int, default=None, help="Only this layer's heatmaps [default: every layer].")
 @click.option("--head", type=int, default=None, help="Only this head [default: every head, plus a grid per layer].")
+@click.option("--graph", type=click.Path(dir_okay=False), default=None,
+              help="Draw the computation graph of the forward pass to this .png/.svg/.pdf (needs Graphviz).")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
-def inspect(model, text, top_k, out, layer, head, as_json):
+def inspect(model, text, top_k, out, layer, head, graph, device, as_json):
     """Show the tokens, each layer's hidden-state shape, parameters per module, the most likely
-    next tokens, and write attention heatmaps."""
+    next tokens, and write attention heatmaps and the computation graph."""
     from pathlib import Path
 
     from ..checkpoint import load_checkpoint
-    from ..inspect import inspect_text, parameter_summary, plot_attention, plot_attention_grid
+    from ..inspect import inspect_text, parameter_summary, plot_attention, plot_attention_grid, plot_graph
 
     ckpt = load_checkpoint(model)
+    ckpt.model.to(device)
     found = inspect_text(ckpt.model, ckpt.tokenizer, text, top_k=top_k)
     params = parameter_summary(ckpt.model)
     images: list[str] = []
@@ -107,6 +118,8 @@ def inspect(model, text, top_k, out, layer, head, as_json):
                 images.append(str(plot_attention(found, l, h, Path(out) / f"attention_L{l}_H{h}.png")))
             if head is None:
                 images.append(str(plot_attention_grid(found, l, Path(out) / f"attention_layer{l}.png")))
+    if graph:
+        images.append(str(plot_graph(ckpt.model, ckpt.tokenizer, text, graph)))
     if as_json:
         print_json({**found.to_dict(), "parameters": params, "images": images})
         return
@@ -123,5 +136,8 @@ def inspect(model, text, top_k, out, layer, head, as_json):
     click.echo("most likely next tokens:")
     for t in found.top_next:
         click.echo(f"  {t['prob']:>8.4f}  {t['id']:>7}  {t['token']!r}")
-    if images:
-        click.echo(f"{len(images)} attention heatmaps written to {out}")
+    heatmaps = len(images) - bool(graph)
+    if heatmaps:
+        click.echo(f"{heatmaps} attention heatmaps written to {out}")
+    if graph:
+        click.echo(f"computation graph written to {graph}")

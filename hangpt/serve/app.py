@@ -3,7 +3,11 @@ the playground page, ranking collection and attention maps.
 
 Requests are validated by pydantic models with OpenAI's field names (plus vLLM's extras); anything
 wrong comes back as 400 with OpenAI's error body, never as a 500. Generation goes through the
-Batcher, so concurrent requests share one decoding batch.
+Batcher, so concurrent requests share one decoding batch: a request is checked completely before it
+joins one, and a stream that fails ends with an error event and `data: [DONE]`.
+
+Only the Host names the server is bound to (and --allowed-host ones) are answered, so a web page
+cannot reach a local server through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import Engine, GenerationConfig
@@ -43,6 +47,9 @@ class ServerSettings:
     max_prompt_tokens: int | None = None  # None: the model's context minus one
     max_body_bytes: int = 1_000_000
     max_stop: int = 8
+    max_answer_chars: int = 20_000  # longest answer text in a /feedback ranking
+    # Host header names answered ("*" any); None: the loopback names (see allowed_hosts_for)
+    allowed_hosts: list[str] | None = None
 
 
 class ApiError(Exception):
@@ -64,11 +71,36 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
 
 # -- request bodies (OpenAI names; vLLM's extras) -------------------------------------------------
 
+
+def _lone_surrogate(value, path: str = "") -> str | None:
+    """The path of the first string holding a lone UTF-16 surrogate (JSON allows "\\ud800", UTF-8 does not)."""
+    if isinstance(value, str):
+        return path or "body" if any("\ud800" <= c <= "\udfff" for c in value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, path) or _lone_surrogate(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+class Body(BaseModel):
+    """A request body: text anywhere in it must be valid Unicode (it is tokenized and stored as UTF-8)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data):
+        path = _lone_surrogate(data)
+        if path:
+            raise ValueError(f"{path}: contains a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text")
+        return data
+
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(Body):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
@@ -80,7 +112,7 @@ class SamplingFields(BaseModel):
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-2**63, le=2**63 - 1)] | None = None  # vLLM's range: seed + n fits a generator
     stream: bool = False
     stream_options: "StreamOptions | None" = None
     user: str | None = None
@@ -131,7 +163,7 @@ class CompletionRequest(SamplingFields):
     suffix: str | None = None
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(Body):
     prompt: str
     system: str = ""
     answers: list[str]
@@ -139,7 +171,7 @@ class FeedbackRequest(BaseModel):
     params: dict = Field(default_factory=dict)
 
 
-class AttentionRequest(BaseModel):
+class AttentionRequest(Body):
     text: Annotated[str, Field(min_length=1, max_length=4000)]
 
 
@@ -150,7 +182,7 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
     """The FastAPI app serving `checkpoint` (a loaded hangpt Checkpoint)."""
     settings = settings or ServerSettings()
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    context = model.config.n_positions
+    context = model.config.context_length
     max_prompt = settings.max_prompt_tokens or context - 1
     template = template_for(checkpoint.meta, tokenizer)
     chat_stops = template.stop_strings(tokenizer)
@@ -174,7 +206,7 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
         err = exc.errors()[0]
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
-        msg = err.get("msg", "invalid request")
+        msg = err.get("msg", "invalid request").removeprefix("Value error, ")
         if err.get("type") == "json_invalid":
             msg, param = "the request body is not valid JSON", None
         return ApiError(f"{param}: {msg}" if param else msg, param=param).response()
@@ -196,8 +228,13 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
     async def _server_error(request, exc: Exception):
         return ApiError(f"internal error: {type(exc).__name__}: {exc}", status=500, type="server_error").response()
 
+    hosts = settings.allowed_hosts or allowed_hosts_for("127.0.0.1")
+
     @app.middleware("http")
     async def _auth(request: Request, call_next):
+        if not host_allowed(request.headers.get("host", ""), hosts):
+            return ApiError("invalid Host header: this server answers only the names it is bound to "
+                            "(start it with --allowed-host NAME to add one)", code="invalid_host").response()
         path = request.url.path
         if settings.api_key and (path.startswith("/v1/") or path.startswith(("/feedback", "/inspect"))):
             if request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
@@ -315,7 +352,7 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
             logprobs=logprobs,
             seed=body.seed,
         )
-        config.validate()
+        engine.check(config)
         jobs = []
         for p, ids in enumerate(prompts):
             if beam:
@@ -368,22 +405,29 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
         }
 
     async def _watch(ticket, request: Request):
-        """The ticket's events; stops (and frees the rows) when the client disconnects."""
+        """The ticket's events; stops (and frees the rows) as soon as the client disconnects."""
         import asyncio
 
+        async def client_gone():
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        gone = asyncio.ensure_future(client_gone())
         events = ticket.events().__aiter__()
-        while True:
-            step = asyncio.ensure_future(events.__anext__())
-            while not step.done():
-                await asyncio.wait([step], timeout=0.5)
-                if not step.done() and await request.is_disconnected():
+        try:
+            while True:
+                step = asyncio.ensure_future(events.__anext__())
+                await asyncio.wait([step, gone], return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
                     step.cancel()
                     ticket.cancel()
                     return
-            try:
-                yield step.result()
-            except StopAsyncIteration:
-                return
+                try:
+                    yield step.result()
+                except StopAsyncIteration:
+                    return
+        finally:
+            gone.cancel()
 
     async def _stream(ticket, rid, created, chat, n_choices, usage_prompt, include_usage):
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -413,8 +457,11 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
             yield "data: [DONE]\n\n"
         except (InputError, ApiError) as e:
             yield _sse(error_body(str(e)))
-        except HangptError as e:
-            yield _sse(error_body(str(e), type="server_error"))
+            yield "data: [DONE]\n\n"
+        except Exception as e:  # a failure of this request's rows: the client learns it, the server goes on
+            message = str(e) if isinstance(e, HangptError) else f"internal error: {type(e).__name__}: {e}"
+            yield _sse(error_body(message, type="server_error"))
+            yield "data: [DONE]\n\n"
         finally:
             ticket.cancel()  # a disconnected client (generator closed) frees its rows
 
@@ -430,13 +477,18 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
         return {"model": settings.model_name, "context": context, "max_tokens_limit": settings.max_tokens_limit,
                 "max_n": settings.max_n, "api_key_required": bool(settings.api_key),
                 "template": template.name, "default_system": template.default_system,
-                "n_layer": model.config.n_layer, "n_head": model.config.n_head,
+                "n_layer": model.config.num_layers, "n_head": model.config.num_heads,
                 "feedback": store is not None}
 
     @app.post("/feedback")
     def feedback(body: FeedbackRequest):
         if store is None:
             raise ApiError("this server was started without a feedback database", status=404)
+        if len(body.answers) > settings.max_n:  # the playground ranks at most n = max_n answers
+            raise ApiError(f"answers: at most {settings.max_n} answers per ranking", param="answers")
+        long = next((i for i, a in enumerate(body.answers) if len(a) > settings.max_answer_chars), None)
+        if long is not None:
+            raise ApiError(f"answers.{long}: longer than {settings.max_answer_chars} characters", param="answers")
         rid = store.add(body.prompt, body.answers, body.ranking, system=body.system,
                         model=settings.model_name, params=body.params)
         return {"id": rid, "saved": True}
@@ -452,6 +504,40 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+ANY_ADDRESS = "0.0.0.0"  # in allowed_hosts: any IP address as Host (a rebinding page always sends a name)
+
+
+def allowed_hosts_for(bind: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Host names a server bound to `bind` answers: the loopback names for a loopback address, any
+    IP address on 0.0.0.0 or ::, else the address itself; plus `extra` ("*" answers any)."""
+    if bind in LOOPBACK or bind.startswith("127."):
+        names = [*LOOPBACK, bind]
+    elif bind in ("0.0.0.0", "::", ""):
+        names = [*LOOPBACK, ANY_ADDRESS]
+    else:
+        names = [bind]
+    return names + [h.lower() for h in extra]
+
+
+def host_allowed(header: str, allowed: list[str]) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if "*" in allowed:
+        return True
+    try:
+        name = urlsplit(f"//{header}").hostname or ""
+    except ValueError:  # a malformed port or bracket
+        return False
+    if name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return ANY_ADDRESS in allowed
 
 
 def _replace(config: GenerationConfig, **changes) -> GenerationConfig:

@@ -5,6 +5,9 @@ asyncio queue.
 Each job is one sequence (the app splits `n` > 1 into n jobs), so the engine's row index is the
 job's position in the batch. A job whose client went away is cancelled and the engine drops its
 row. Beam-search jobs produce all their sequences at once through `Engine.generate`, one at a time.
+
+A batch that fails before it produced anything is decoded again one request at a time, so a request
+that cannot be decoded fails alone; the others never see its error.
 """
 
 from __future__ import annotations
@@ -136,19 +139,31 @@ class Batcher:
                 else:
                     self._stream(jobs)
             except BaseException as e:  # the requests learn why; the worker keeps serving
-                for ticket in {id(j.ticket): j.ticket for j in jobs}.values():
-                    ticket.push(e)
+                _fail(jobs, e)
             finally:
                 self._current = []
 
-    def _stream(self, jobs: list[Job]) -> None:
+    def _stream(self, jobs: list[Job], isolate: bool = True) -> None:
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(jobs))
         requests = [(j.prompt_ids, j.config) for j in jobs]
-        for event in self.engine.stream_batch(requests, is_cancelled=lambda i: jobs[i].ticket.cancelled):
-            job = jobs[event.index]
-            job.done = event.finish_reason is not None
-            job.ticket.push((job.choices[0], event))
+        sent = False
+        try:
+            for event in self.engine.stream_batch(requests, is_cancelled=lambda i: jobs[i].ticket.cancelled):
+                sent = True
+                job = jobs[event.index]
+                job.done = event.finish_reason is not None
+                job.ticket.push((job.choices[0], event))
+        except Exception:
+            by_request = {id(j.ticket): [k for k in jobs if k.ticket is j.ticket] for j in jobs}
+            if sent or not isolate or len(by_request) == 1:
+                raise
+            for group in by_request.values():
+                try:
+                    self._stream(group, isolate=False)
+                except Exception as e:
+                    _fail(group, e)
+            return
         self.dropped += sum(1 for j in jobs if j.ticket.cancelled and not j.done)
 
     def _beam(self, job: Job) -> None:
@@ -156,3 +171,9 @@ class Batcher:
         [completions] = self.engine.generate([job.prompt_ids], job.config)
         for choice, c in zip(job.choices, completions):
             job.ticket.push((choice, StreamEvent(choice, c.text, c.token_ids, c.finish_reason, c.logprobs)))
+
+
+def _fail(jobs: list[Job], error: BaseException) -> None:
+    """Every request with a job here gets the error (once), which ends its stream."""
+    for ticket in {id(j.ticket): j.ticket for j in jobs}.values():
+        ticket.push(error)
