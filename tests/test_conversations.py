@@ -95,3 +95,17 @@ def test_real_chatbotdata():
     data = read_conversations(path)
     assert len(data) == 11823
     assert all(m[1]["content"] for m in data)
+
+
+def test_alpaca_records_keep_their_input(tmp_path):
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(json.dumps([{"instruction": "요약하세요", "input": "긴 글", "output": "짧은 글"},
+                                {"instruction": "인사해", "input": "", "output": "안녕!"}], ensure_ascii=False),
+                    encoding="utf-8")
+    assert read_conversations(path) == [
+        [{"role": "user", "content": "요약하세요", "input": "긴 글"}, {"role": "assistant", "content": "짧은 글"}],
+        [{"role": "user", "content": "인사해"}, {"role": "assistant", "content": "안녕!"}]]
+    jsonl = tmp_path / "alpaca.jsonl"
+    jsonl.write_text('{"instruction": "인사해", "output": "안녕!"}\n{"instruction": "요약", "input": "글"}\n')
+    with pytest.raises(InputError, match=r"alpaca.jsonl: line 2: field 'output' is missing or empty"):
+        read_conversations(jsonl)
