@@ -73,16 +73,28 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
                          f"({type(e).__name__})") from None
 
 
-def load_checkpoint(name_or_path: str | Path, dtype: str = "auto", merge_adapter: bool = True) -> Checkpoint:
+_dtype_choice = "auto"
+
+
+def use_dtype(name: str) -> None:
+    """The dtype load_checkpoint uses when not given one (the CLI's --dtype, one choice per run)."""
+    global _dtype_choice
+    if name != "auto" and name not in DTYPES:
+        raise InputError(f"--dtype {name}: choose auto, {', '.join(DTYPES)}")
+    _dtype_choice = name
+
+
+def load_checkpoint(name_or_path: str | Path, dtype: str | None = None, merge_adapter: bool = True) -> Checkpoint:
     """Load model + tokenizer + metadata from a hangpt or Hugging Face folder of a supported family.
 
-    dtype: "auto" keeps the checkpoint's dtype where this machine computes in it well (float32;
+    dtype (default: the CLI's --dtype, else "auto"): "auto" keeps the checkpoint's dtype where this machine computes in it well (float32;
     bfloat16 on CPUs with native bf16 or on a GPU) and uses float32 otherwise; "float32",
     "bfloat16" or "float16" ask for one. Weights already in that dtype stay memory-mapped from the
     safetensors files: loading copies nothing.
     A LoRA adapter folder loads as its base with the adapter folded in (merge_adapter=False keeps
     the adapter layers apart, to continue training them).
     """
+    dtype = dtype or _dtype_choice
     path = resolve_model_dir(name_or_path)
     if (path / ADAPTER_CONFIG).exists():
         return _load_adapter(path, dtype, merge_adapter)

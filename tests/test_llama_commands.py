@@ -72,6 +72,25 @@ def test_generate_eval_inspect(llama, data, capsys, tmp_path):
     assert (tmp_path / "png" / "attention_layer1.png").exists()
 
 
+def test_bf16_weights_generate_like_float32(llama, tmp_path, capsys):
+    """--dtype bfloat16 computes in bf16 (a bf16 copy of the folder: loaded as is, no conversion)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    (tmp_path / "bf16" / "tokenizer.json").write_bytes((llama / "tokenizer.json").read_bytes())
+    (tmp_path / "bf16" / "tokenizer_config.json").write_bytes((llama / "tokenizer_config.json").read_bytes())
+    ours = json.loads(run(capsys, "generate", "--model", tmp_path / "bf16", "--dtype", "bfloat16", "--prompt", "배고파",
+                          "--max-new-tokens", 6, "--json"))["completions"][0]["token_ids"]
+    ids = torch.tensor([run_ids(llama, "배고파")])
+    ref = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=-1, pad_token_id=0)[0, ids.shape[1]:]
+    assert ours == ref.tolist()[: len(ours)]
+
+
+def run_ids(folder, text):
+    from hangpt.tokenizer import Tokenizer
+
+    return Tokenizer.load(folder).encode(text)
+
+
 def test_training_stages_write_the_same_family(llama, data, capsys, tmp_path):
     run(capsys, "sft", "--model", llama, "--data", data / "qa.csv", "--out", tmp_path / "sft", "--max-steps", 3,
         "--batch-size", 4, "--val-fraction", 0)

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
+
+
+class Number(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (nan passes every bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+SEED = click.IntRange(0, 2**32 - 1)  # numpy's and the data order's seed range
 
 
 def _use_device(ctx, param, value):
@@ -14,43 +28,62 @@ def _use_device(ctx, param, value):
     return use_device(value)
 
 
-device_option = click.option(
+_device = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
     callback=_use_device, help="Run the model on this device (auto: a CUDA GPU, else Apple MPS, else the CPU).")
+
+
+def _use_dtype(ctx, param, value):
+    from ..checkpoint import use_dtype
+
+    use_dtype(value)
+
+
+def _dtype(default: str, why: str):
+    return click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=default,
+                        show_default=True, expose_value=False, callback=_use_dtype, help=why)
+
+
+def device_option(f):
+    """--device, and --dtype for the loaded weights (inference: the checkpoint's own where it runs well)."""
+    return _device(_dtype("auto", "Weights' dtype (auto: the checkpoint's, except bf16/fp16 on a CPU "
+                                  "without native bf16, which computes faster in float32).")(f))
 
 
 def training_options(f):
     """The flags every training command shares (see DESIGN.md, command-line conventions), with
     PyTorch/transformers names for the optimizer and the learning-rate schedule."""
     options = [
-        click.option("--epochs", type=float, default=None, help="Passes over the training data."),
+        click.option("--epochs", type=Number(min=0, min_open=True), default=None, help="Passes over the training data."),
         click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps."),
-        click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+        click.option("--time-budget", type=Number(min=0, min_open=True), default=None,
                      help="Stop after this many minutes (the LR schedule is fitted to it)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sequences per optimizer step."),
         click.option("--grad-accum", type=click.IntRange(min=1), default=1, help="Micro-batches per optimizer step."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate."),
+        click.option("--lr", type=Number(min=0, min_open=True), default=None, help="Peak learning rate."),
         click.option("--lr-schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine",
                      show_default=True, help="After warmup: cosine to 10% of --lr, linear to 0, or constant."),
         click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
                      help="Steps of linear warmup [default: the first 3% of training]."),
         click.option("--optimizer", type=click.Choice(["adamw", "adam"]), default="adamw", show_default=True,
                      help="torch.optim.AdamW (decoupled weight decay) or torch.optim.Adam."),
-        click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+        click.option("--weight-decay", type=Number(min=0), default=None,
                      help="On weight matrices only [default: 0.1 with adamw, 0 with adam]."),
         click.option("--adam-betas", type=(float, float), default=None, help="Adam's (beta1, beta2) [0.9 0.95]."),
-        click.option("--adam-eps", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam's epsilon [1e-8]."),
+        click.option("--adam-eps", type=Number(min=0, min_open=True), default=None, help="Adam's epsilon [1e-8]."),
         click.option("--max-length", type=click.IntRange(min=2), default=None, help="Tokens per sequence."),
-        click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=None, help="Share of the data held out for validation."),
+        click.option("--val-fraction", type=Number(0, 0.9), default=None, help="Share of the data held out for validation."),
         click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Validate every N steps."),
         click.option("--save-every", type=click.IntRange(min=1), default=None, help="Checkpoint every N steps."),
-        click.option("--seed", type=int, default=1234, show_default=True, help="Random seed."),
+        click.option("--seed", type=SEED, default=1234, show_default=True, help="Random seed."),
         click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out."),
+        click.option("--overwrite", is_flag=True, help="Replace a checkpoint (finished or not) already in --out."),
         click.option("--bf16", is_flag=True, help="bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX, and GPUs)."),
         click.option("--gradient-checkpointing", is_flag=True,
                      help="Recompute each block's activations in the backward pass: less memory, ~30% slower."),
         click.option("--no-progress", is_flag=True, help="No progress bar (logs and pipes)."),
-        device_option,
+        _device,
+        _dtype("float32", "Weights' dtype while training (float32 master weights; --bf16 adds autocast)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -123,7 +156,8 @@ def _generation_flags() -> dict:
         "stop": click.option("--stop", multiple=True, help="Stop string, not included in the output (repeatable)."),
         "logit_bias": click.option("--logit-bias", multiple=True, callback=_token_bias, help="ID=BIAS added to a token's logit (repeatable)."),
         "logprobs": click.option("--logprobs", type=int, default=None, help="Report each token's logprob and the N most likely alternatives."),
-        "seed": click.option("--seed", type=int, default=None, help="Random seed (sampling repeats exactly)."),
+        "seed": click.option("--seed", type=click.IntRange(-2**63, 2**63 - 1), default=None,
+                     help="Random seed (sampling repeats exactly)."),
     }
 
 
@@ -241,8 +275,8 @@ def train_config(out, opts: dict, *, batch_size: int, lr: float, default_epochs:
         epochs = default_epochs
     cfg = TrainConfig(out=Path(out), batch_size=opts["batch_size"] or batch_size, grad_accum=opts["grad_accum"],
                       lr=opts["lr"] or lr, max_steps=opts["max_steps"], epochs=epochs,
-                      time_budget=opts["time_budget"], seed=opts["seed"], resume=opts["resume"], bf16=opts["bf16"],
-                      progress=not opts["no_progress"])
+                      time_budget=opts["time_budget"], seed=opts["seed"], resume=opts["resume"],
+                      overwrite=opts["overwrite"], bf16=opts["bf16"], progress=not opts["no_progress"])
     apply_optimizer_options(cfg, opts)
     cfg.gradient_checkpointing = opts["gradient_checkpointing"]
     if opts.get("lora_r"):
