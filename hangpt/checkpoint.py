@@ -12,6 +12,7 @@ so a crash leaves either the old checkpoint or the new one, never a mix.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -147,7 +148,13 @@ def load_train_state(path: str | Path) -> dict | None:
     path = Path(path)
     _recover_interrupted_swap(path)
     f = path / _TRAIN_STATE
-    return torch.load(f, weights_only=True) if f.exists() else None
+    if not f.exists():
+        return None
+    try:
+        return torch.load(f, weights_only=True)
+    except Exception as e:  # torch's own message is many lines and suggests weights_only=False (unsafe)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{f}: unreadable training state ({reason}); start over with --overwrite") from None
 
 
 def save_checkpoint(
@@ -174,6 +181,7 @@ def save_checkpoint(
     _recover_interrupted_swap(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
+    remove_interrupted_saves(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         cfg = model.config
@@ -223,6 +231,16 @@ def write_file_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_interrupted_saves(out_dir: str | Path) -> int:
+    """Delete the `.OUT.tmp-*` folders that killed saves left beside OUT (a finished save renames its
+    folder into place, so none is ever read again); returns how many there were."""
+    out = Path(out_dir)
+    stale = [p for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*") if p.is_dir()] if out.parent.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(stale)
 
 
 def drop_train_state(out_dir: str | Path) -> None:

@@ -64,6 +64,7 @@ def plot_graph(model: CausalLM, tokenizer, text: str, path: str | Path) -> Path:
     the backward pass (blue boxes: the weights, named as in the checkpoint), drawn by torchviz with
     Graphviz's `dot` program. The format follows the file name: .png, .svg or .pdf."""
     import shutil
+    import warnings
 
     from torchviz import make_dot
 
@@ -80,7 +81,9 @@ def plot_graph(model: CausalLM, tokenizer, text: str, path: str | Path) -> Path:
         raise InputError("--text: the text is empty (no tokens to inspect)")
     with torch.enable_grad():
         logits = model(torch.tensor([ids], device=_device(model))).logits
-    graph = make_dot(logits, params=dict(model.named_parameters()))
+    with warnings.catch_warnings():  # torchviz still compares versions with distutils
+        warnings.simplefilter("ignore", DeprecationWarning)
+        graph = make_dot(logits, params=dict(model.named_parameters()))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(graph.pipe(format=path.suffix[1:].lower()))
     return path

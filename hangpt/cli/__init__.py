@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         code = e.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {_one_line(e)}", err=True)
         code = e.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -92,3 +92,15 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(e: click.ClickException) -> str:
+    """A bad command line as one line naming the flag, like every other error (no usage block)."""
+    if isinstance(e, click.BadParameter) and not isinstance(e, click.MissingParameter) and e.param is not None:
+        message = f"{'/'.join(e.param.opts) if e.param.param_type_name == 'option' else e.param.human_readable_name}: {e.message}"
+    else:
+        message = e.format_message()
+    message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    if isinstance(e, click.UsageError) and e.ctx is not None:
+        message += f" (see {e.ctx.command_path} --help)"
+    return message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import generation_options, print_json
+from .options import device_option, generation_options, print_json
 
 
 @click.command()
@@ -14,9 +14,12 @@ from .options import generation_options, print_json
 @click.option("--chat", is_flag=True, help="Wrap the prompt as a user message in the checkpoint's chat template.")
 @click.option("--system", default=None, help="System message (with --chat).")
 @generation_options
+@click.option("--max-length", type=click.IntRange(min=1), default=None,
+              help="Total length of prompt + new tokens, as in transformers (--max-new-tokens wins when both are given).")
+@device_option
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated (with --json: one JSON object per event).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"completions": [{"text", "token_ids", "finish_reason"}]}.')
-def generate(model, prompts, chat, system, stream, as_json, **flags):
+def generate(model, prompts, chat, system, max_length, device, stream, as_json, **flags):
     """Generate text from --prompt with any decoding strategy.
 
     Without --do-sample decoding is greedy (beam search with --num-beams > 1), as in
@@ -34,6 +37,7 @@ def generate(model, prompts, chat, system, stream, as_json, **flags):
     if system is not None and not chat:
         raise InputError("--system needs --chat")
     ckpt = load_checkpoint(model)
+    ckpt.model.to(device)
     tokenizer = ckpt.tokenizer
     stop: list[str] = []
     if chat:
@@ -46,15 +50,18 @@ def generate(model, prompts, chat, system, stream, as_json, **flags):
         inputs = [template.encode_prompt(tokenizer, head + [{"role": "user", "content": p}]) for p in prompts]
     else:
         inputs = list(prompts)
+    new_tokens_given = flags.get("max_new_tokens") is not None
     config = generation_config_from_options(flags, ckpt.generation_config, stop)
     engine = Engine(ckpt.model, tokenizer)
+    inputs = [engine.encode(p) for p in inputs]
+    if max_length is not None:
+        _fit_max_length(config, max_length, max(len(ids) for ids in inputs), new_tokens_given)
 
     if stream:
-        ids = [engine.encode(p) for p in inputs]
-        if len(ids) * config.num_return_sequences > 1 and not as_json:
+        if len(inputs) * config.num_return_sequences > 1 and not as_json:
             raise InputError("--stream prints one sequence as text: use one --prompt and --num-return-sequences 1, "
                              "or add --json")
-        for event in engine.stream_batch([(p, config) for p in ids]):
+        for event in engine.stream_batch([(p, config) for p in inputs]):
             if as_json:
                 print_json({k: v for k, v in asdict(event).items() if v is not None})
             else:
@@ -82,3 +89,19 @@ def generate(model, prompts, chat, system, stream, as_json, **flags):
             if many:
                 click.echo(f"--- prompt {i + 1}, sequence {k + 1} ({c.finish_reason})")
             click.echo(c.text)
+
+
+def _fit_max_length(config, max_length: int, prompt_tokens: int, new_tokens_given: bool) -> None:
+    """transformers' max_length: the whole sequence, prompt included (the longest prompt of a batch)."""
+    import warnings
+
+    from ..errors import InputError
+
+    if new_tokens_given:
+        warnings.warn(f"--max-new-tokens {config.max_new_tokens} is used; --max-length {max_length} is ignored "
+                      f"(as in transformers)")
+        return
+    if max_length <= prompt_tokens:
+        raise InputError(f"--max-length {max_length}: the prompt already has {prompt_tokens} tokens "
+                         f"(max_length counts the prompt; use --max-new-tokens for new tokens only)")
+    config.max_new_tokens = max_length - prompt_tokens

@@ -279,6 +279,6 @@ def classify_baseline(data, test_file, features, w2v, text_column, label_column,
 
         joblib.dump(baseline, out)
         log(f"model written to {out}")
-    result = evaluate_baseline(baseline, test.texts, test.labels)
+    result = evaluate_baseline(baseline, test.texts, test.labels, str(test_file))
     print_evaluation({**result, "labels": baseline.labels, "skipped_empty": test.skipped_empty, **baseline.info},
                      as_json)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import print_json, training_options
+from .options import apply_optimizer_options, device_option, print_json, training_options
 
 _DATA_HELP = "Text files or folders (.txt, .gz; TSV/CSV with --text-column): `--data A B` or `--data A --data B`."
 _COLUMN_HELP = ("Take this column of TSV/CSV files whose header has it (e.g. `document` for NSMC); "
@@ -23,13 +23,12 @@ _COLUMN_HELP = ("Take this column of TSV/CSV files whose header has it (e.g. `do
 @click.option("--tokenizer", "tokenizer_dir", default=None,
               help="Tokenizer folder; by default one is trained on the data (vocab size from the preset).")
 @click.option("--text-column", default=None, help=_COLUMN_HELP)
-@click.option("--overwrite", is_flag=True, help="Replace a checkpoint already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
 @click.argument("more_data", nargs=-1, metavar="")
 @training_options
 def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, text_column, overwrite, as_json,
              epochs, max_steps, time_budget, batch_size, grad_accum, lr, max_length, val_fraction, eval_every,
-             save_every, seed, resume, bf16, no_progress):
+             save_every, seed, resume, bf16, no_progress, **opts):
     """Pretrain a GPT from scratch (or continue one) by next-token prediction on text.
 
     Checkpoints go to --out every --save-every steps; after a crash or Ctrl-C, run the same
@@ -43,6 +42,7 @@ def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, text_
     cfg = TrainConfig(out=Path(out), batch_size=batch_size or 16, grad_accum=grad_accum, lr=lr, max_steps=max_steps,
                       epochs=epochs, time_budget=time_budget, eval_every=eval_every or 200,
                       save_every=save_every or 200, seed=seed, resume=resume, bf16=bf16, progress=not no_progress)
+    apply_optimizer_options(cfg, opts)
     if not (max_steps or epochs or time_budget):
         from ..errors import InputError
 
@@ -66,14 +66,16 @@ def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, text_
 @click.option("--data", "data", multiple=True, required=True, help=_DATA_HELP)
 @click.option("--text-column", default=None, help=_COLUMN_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.argument("more_data", nargs=-1, metavar="")
-def evaluate(model_dir, data, more_data, text_column, batch_size, as_json):
+def evaluate(model_dir, data, more_data, text_column, batch_size, device, as_json):
     """Loss, perplexity and bits per byte of a model on text (windows of the model's context)."""
     from ..checkpoint import load_checkpoint
     from ..train.pretrain import evaluate_text
 
     ckpt = load_checkpoint(model_dir)
+    ckpt.model.to(device)
     result = evaluate_text(ckpt.model, ckpt.tokenizer, [*data, *more_data], text_column=text_column, batch_size=batch_size)
     if as_json:
         print_json(result)

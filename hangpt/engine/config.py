@@ -30,6 +30,7 @@ class GenerationConfig:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None  # None: off; 0: logprob of each chosen token; k: plus top-k alternatives
     seed: int | None = None
+    valid_utf8: bool = False  # only tokens that keep the text valid UTF-8 (no U+FFFD the model half-wrote)
 
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationConfig":
@@ -104,6 +105,10 @@ class GenerationConfig:
                 bad("logprobs", "must be an integer in [0, 20]")
             if self.num_beams > 1:
                 bad("logprobs", "is not available with beam search")
+        if not isinstance(self.valid_utf8, bool):
+            bad("valid_utf8", "must be true or false")
+        if self.valid_utf8 and self.num_beams > 1:
+            bad("valid_utf8", "is not available with beam search")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             bad("seed", "must be an integer")
 

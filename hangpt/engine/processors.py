@@ -4,7 +4,8 @@ Every control is a few whole-batch tensor ops (per-row values live in (B, 1) ten
 op is skipped when no row uses it, so a plain greedy step costs nothing here. The semantics and
 order follow transformers' logits processors: logit bias, repetition penalty, (OpenAI frequency
 and presence penalties), no-repeat n-grams; then, for sampling rows only, temperature, top-k,
-top-p, min-p.
+top-p, min-p. Rows with `valid_utf8` may only take tokens that keep their text valid UTF-8
+(Utf8Mask).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ class Processor:
     """Per-row decoding controls. `seqs` given to the methods holds each row's tokens so far, with
     `vocab_size` (an id past the vocabulary) in the padding slots so pads are never penalised."""
 
-    def __init__(self, configs: list[GenerationConfig], vocab_size: int, device="cpu"):
+    def __init__(self, configs: list[GenerationConfig], vocab_size: int, device="cpu",
+                 utf8: "Utf8Mask | None" = None):
+        """utf8: the tokenizer's mask tables, needed when a row has valid_utf8."""
         self.V = vocab_size
         self.configs = configs
+        self.utf8 = utf8
 
         def col(values, dtype=torch.float32):
             return torch.tensor(values, dtype=dtype, device=device).unsqueeze(1)
@@ -40,6 +44,8 @@ class Processor:
         self.freq = col([c.frequency_penalty for c in configs])
         self.pres = col([c.presence_penalty for c in configs])
         self.ngram = [c.no_repeat_ngram_size for c in configs]
+        self.utf8_rows = col([c.valid_utf8 for c in configs], torch.bool)
+        self.utf8_state = torch.zeros(len(configs), dtype=torch.long, device=device)  # Utf8Mask state per row
         self.bias = None
         if any(c.logit_bias for c in configs):
             self.bias = torch.zeros(len(configs), vocab_size, device=device)
@@ -56,14 +62,16 @@ class Processor:
         self.use_rep = bool((self.rep != 1).any())
         self.use_freq = bool((self.freq != 0).any() or (self.pres != 0).any())
         self.any_sample = bool(self.sample_rows.any())
-        self.penalizes = self.bias is not None or self.use_rep or self.use_freq or any(self.ngram)
+        self.use_utf8 = self.utf8 is not None and bool(self.utf8_rows.any())
+        self.penalizes = self.bias is not None or self.use_rep or self.use_freq or any(self.ngram) or self.use_utf8
 
     def select(self, index: torch.Tensor) -> None:
         """Keep these rows (in this order): finished rows leave the batch, beams are reordered."""
         idx = index.tolist()
         self.configs = [self.configs[i] for i in idx]
         self.ngram = [self.ngram[i] for i in idx]
-        for name in ("sample_rows", "temperature", "top_k", "top_p", "min_p", "rep", "freq", "pres", "bias"):
+        for name in ("sample_rows", "temperature", "top_k", "top_p", "min_p", "rep", "freq", "pres", "bias",
+                     "utf8_rows", "utf8_state"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, index))
@@ -93,7 +101,14 @@ class Processor:
             scores = scores - self.freq * counts - self.pres * (counts > 0).to(scores.dtype)
         if any(self.ngram):
             scores = self._ban_ngrams(scores, seqs)
+        if self.use_utf8:
+            scores = scores.masked_fill(self.utf8.banned[self.utf8_state] & self.utf8_rows, NEG_INF)
         return scores
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Record the chosen tokens (B,): the UTF-8 state of each row moves on."""
+        if self.use_utf8:
+            self.utf8_state = self.utf8.next_state[self.utf8_state, tokens]
 
     def _ban_ngrams(self, scores: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
         """transformers' NoRepeatNGramLogitsProcessor: a token that would complete an n-gram already
@@ -153,3 +168,57 @@ class Processor:
         if ids is None:
             return values
         return torch.full_like(scores, NEG_INF).scatter(1, ids, values)
+
+
+class Utf8Mask:
+    """Which tokens keep a byte-level text valid UTF-8, from each state of an unfinished character.
+
+    A state is (continuation bytes still due, the range the next byte must be in): 8 of them, state
+    0 being "between characters". For every state and token, `banned` says whether the token's
+    bytes break the sequence and `next_state` where they leave it; decoding then costs one gather
+    and one masked_fill per step. A token that ends the text (EOS, any added token) is allowed only
+    between characters, so the final text never ends in half a character either.
+    """
+
+    def __init__(self, token_bytes: list[bytes], end_tokens: set[int], device="cpu"):
+        states = [(0, 0, 0)]
+        index = {states[0]: 0}
+        banned, nexts = [], []
+        s = 0
+        while s < len(states):  # breadth-first over the states reachable from "between characters"
+            row_banned, row_next = [], []
+            for t, data in enumerate(token_bytes):
+                end = _utf8_walk(states[s], data)
+                ok = end is not None and not (t in end_tokens and s != 0)
+                if ok and end not in index:
+                    index[end] = len(states)
+                    states.append(end)
+                row_banned.append(not ok)
+                row_next.append(index[end] if ok else s)
+            banned.append(row_banned)
+            nexts.append(row_next)
+            s += 1
+        self.banned = torch.tensor(banned, dtype=torch.bool, device=device)  # (states, V)
+        self.next_state = torch.tensor(nexts, dtype=torch.long, device=device)
+
+
+def _utf8_walk(state: tuple[int, int, int], data: bytes) -> tuple[int, int, int] | None:
+    """The state after `data`, or None where a byte breaks UTF-8 (RFC 3629: no overlong forms, no
+    surrogates, nothing above U+10FFFF)."""
+    need, lo, hi = state
+    for b in data:
+        if need:
+            if not lo <= b <= hi:
+                return None
+            need, lo, hi = need - 1, 0x80, 0xBF
+        elif b < 0x80:
+            continue
+        elif 0xC2 <= b <= 0xDF:
+            need, lo, hi = 1, 0x80, 0xBF
+        elif 0xE0 <= b <= 0xEF:
+            need, lo, hi = 2, 0xA0 if b == 0xE0 else 0x80, 0x9F if b == 0xED else 0xBF
+        elif 0xF0 <= b <= 0xF4:
+            need, lo, hi = 3, 0x90 if b == 0xF0 else 0x80, 0x8F if b == 0xF4 else 0xBF
+        else:
+            return None
+    return (need, lo, hi) if need else (0, 0, 0)

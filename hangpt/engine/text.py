@@ -82,3 +82,49 @@ def ids_before(tokenizer, ids: list[int], cut: int) -> list[int]:
     while n > 0 and len(tokenizer.decode(ids[:n])) > cut:
         n -= 1
     return ids[:n]
+
+
+def complete_prefix(tokenizer, ids: list[int]) -> list[int]:
+    """ids without the trailing tokens of a character they do not finish."""
+    text = tokenizer.decode(ids)
+    if not text.endswith("\ufffd"):
+        return ids
+    return ids_before(tokenizer, ids, len(text.rstrip("\ufffd")))
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE writes byte b as this printable character (the inverse is the table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def token_bytes(tokenizer) -> list[bytes]:
+    """The bytes each token id adds to the text: byte-level BPE pieces mapped back to bytes,
+    `<0xHH>` byte-fallback pieces as that byte, added/special tokens as their UTF-8 text."""
+    import json
+    import re
+
+    backend = tokenizer.backend
+    byte_level = '"ByteLevel"' in json.dumps(json.loads(backend.to_str()).get("decoder"))
+    alphabet = _byte_level_alphabet()
+    added = {i: t.content for i, t in backend.get_added_tokens_decoder().items()}
+    fallback = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+    out = []
+    for i in range(tokenizer.vocab_size):
+        piece = added.get(i) or backend.id_to_token(i) or ""
+        if i in added:
+            out.append(piece.encode())
+        elif fallback.fullmatch(piece):
+            out.append(bytes([int(piece[3:5], 16)]))
+        elif byte_level and all(c in alphabet for c in piece):
+            out.append(bytes(alphabet[c] for c in piece))
+        else:
+            out.append(piece.replace("\u2581", " ").encode())
+    return out

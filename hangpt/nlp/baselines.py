@@ -83,11 +83,12 @@ def train_baseline(texts: list[str], labels: list[str], features: str, *, wv=Non
     return baseline
 
 
-def evaluate_baseline(baseline: Baseline, texts: list[str], labels: list[str]) -> dict:
+def evaluate_baseline(baseline: Baseline, texts: list[str], labels: list[str], where: str = "test data") -> dict:
     """Accuracy and confusion matrix (rows = true label, columns = predicted), as `classify eval`."""
     unknown = sorted(set(labels) - set(baseline.labels))
     if unknown:
-        raise InputError(f"labels not seen in training: {', '.join(unknown)} (known: {', '.join(baseline.labels)})")
+        raise InputError(f"{where}: labels not seen in training: {', '.join(unknown)} "
+                         f"(known: {', '.join(baseline.labels)})")
     index = {label: i for i, label in enumerate(baseline.labels)}
     y = np.array([index[label] for label in labels])
     pred = baseline.classifier.predict(baseline.featurize(texts))

@@ -35,7 +35,8 @@ def vectorizer(norm: str | None = "l2", **options):
     """A TfidfVectorizer over documents given as token lists (tokenization is ours, not sklearn's)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return TfidfVectorizer(analyzer=_identity, norm=norm, **options)
+    return TfidfVectorizer(tokenizer=_identity, preprocessor=_identity, token_pattern=None, lowercase=False,
+                           norm=norm, **options)
 
 
 def _identity(tokens: list[str]) -> list[str]:  # module-level, so fitted vectorizers pickle

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 1234
     resume: bool = False
+    overwrite: bool = False  # replace a finished or resumable run in out
     bf16: bool = False
     gradient_checkpointing: bool = False
     lora: dict | None = None  # add_lora's r, alpha, dropout, targets (--lora-r): only adapters train
@@ -431,15 +433,39 @@ def _format_metrics(step: int, metrics: dict) -> str:
 
 
 def resume_state(cfg: TrainConfig) -> dict | None:
-    """With --resume, the train state saved in --out (a clear error when there is none); else None."""
-    if not cfg.resume:
-        return None
-    from ..checkpoint import load_train_state
+    """Every training command starts here, before any work: --out must be writable, and a finished or
+    resumable run in it is replaced only with --overwrite; returns the train state to continue from
+    with --resume (else None). Folders left by killed saves are removed."""
+    from ..checkpoint import load_train_state, remove_interrupted_saves
 
-    state = load_train_state(cfg.out)
-    if state is None:
-        raise InputError(f"{cfg.out}: no train_state.pt to resume from (the run finished or never saved one)")
-    return state
+    out = cfg.out
+    check_writable(out)
+    remove_interrupted_saves(out)
+    has_model, resumable = (out / "config.json").exists(), (out / "train_state.pt").exists()
+    if cfg.resume:
+        if resumable:
+            return load_train_state(out)
+        if has_model:
+            raise InputError(f"{out}: training there already finished, nothing to resume (continue it with "
+                             f"--model {out} --out NEW_DIR)")
+        raise InputError(f"{out}: no checkpoint with a training state to resume")
+    if has_model and not cfg.overwrite:
+        if resumable:
+            raise InputError(f"{out}: holds an unfinished run; add --resume to continue it or --overwrite to start over")
+        raise InputError(f"{out}: already holds a finished checkpoint; pass --overwrite to replace it")
+    return None
+
+
+def check_writable(out: Path) -> None:
+    """Fail at the start, not at the first save after all the training, when --out cannot be written
+    (a save writes a folder beside it and renames it into place)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.check-", dir=out.parent))
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot be written ({e.strerror or e})") from None
 
 
 def load_reference(ckpt, out: Path):

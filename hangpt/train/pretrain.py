@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.shards import TokenShards, TokenWindows, build_shards, corpus_key, is_val_document, iter_corpus, split_every
 from ..data.text import expand_paths
 from ..errors import InputError
 from ..models import CausalLM, build_model, preset_config
 from ..tokenizer import Tokenizer, bytes_per_token, train_tokenizer
-from .loop import TrainConfig, Trainer, distributed, seed_everything
+from .loop import TrainConfig, Trainer, distributed, resume_state, seed_everything
 
 VAL_TOKENS = 1 << 16  # validation during training scores at most this many tokens (whole documents)
 
@@ -36,6 +36,7 @@ def _log(msg: str) -> None:
 
 def lm_loss(model, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Mean next-token cross-entropy of a (B, T+1) batch of token windows."""
+    batch = batch.to(next(model.parameters()).device)
     x, y = batch[:, :-1], batch[:, 1:]
     logits = model(x).logits
     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -63,7 +64,7 @@ def score_tokens(model: CausalLM, tokens: np.ndarray, n_bytes: int, context: int
         batches = [np.stack(rows)] if rows else []
         batches += [np.asarray(tokens[s:], dtype=np.int64)[None] for s in group if s not in full]
         for b in batches:
-            t = torch.from_numpy(b)
+            t = torch.from_numpy(b).to(next(model.parameters()).device)
             logits = model(t[:, :-1]).logits
             total += F.cross_entropy(logits.flatten(0, 1).float(), t[:, 1:].flatten(), reduction="sum").item()
     model.train(was_training)
@@ -78,24 +79,6 @@ def evaluate_text(model: CausalLM, tokenizer: Tokenizer, paths: Iterable[str | P
     with tempfile.TemporaryDirectory(prefix="hangpt-eval-") as tmp:
         shards = build_shards(paths, tokenizer, tmp, val_fraction=0.0, text_column=text_column)
         return score_tokens(model, shards.tokens("train"), shards.info["train"]["bytes"], batch_size=batch_size)
-
-
-def _check_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
-    """The train state to resume from, after refusing to clobber or resume the wrong thing."""
-    state = load_train_state(out) if out.is_dir() else None
-    finished = (out / "config.json").exists() and state is None
-    if resume:
-        if state is not None:
-            return state
-        if finished:
-            raise InputError(f"{out}: training there already finished, nothing to resume (continue it with "
-                             f"--model {out} --out NEW_DIR)")
-        raise InputError(f"{out}: no checkpoint with a training state to resume")
-    if (out / "config.json").exists() and not overwrite:
-        if state is not None:
-            raise InputError(f"{out}: holds an unfinished run; add --resume to continue it or --overwrite to start over")
-        raise InputError(f"{out}: already holds a finished checkpoint; pass --overwrite to replace it")
-    return None
 
 
 def _rank0_first(fn: Callable[[], object]):
@@ -152,7 +135,8 @@ def pretrain(
     ranks other than 0)."""
     out = Path(out)
     rank, world = distributed()
-    state = _check_out(out, cfg.resume, overwrite)
+    cfg.overwrite = cfg.overwrite or overwrite
+    state = resume_state(cfg)
     cache = out / "data"
     tok_info: dict = {}
     if model_dir and tokenizer_dir:
