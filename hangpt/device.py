@@ -1,0 +1,45 @@
+"""Which device a command runs its model on (`--device cpu|cuda|mps|auto`)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: CUDA, else Apple's MPS, else the CPU. Asking for one this machine lacks is an
+    InputError, not a crash deep inside PyTorch. Under torchrun each rank takes its LOCAL_RANK GPU."""
+    if name not in DEVICES:
+        raise InputError(f"--device {name!r}: choose {', '.join(DEVICES)}")
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if cuda else "mps" if mps else "cpu"
+    if name == "cuda":
+        if not cuda:
+            raise InputError("--device cuda: no CUDA GPU is available here (PyTorch sees none); use --device cpu or auto")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name == "mps" and not mps:
+        raise InputError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+_chosen = "auto"
+
+
+def use_device(name: str) -> torch.device:
+    """Make `name` the device of this process (the CLI's --device; like torch.set_default_device,
+    one choice for the whole run, so every stage and helper that places tensors agrees)."""
+    global _chosen
+    found = resolve_device(name)
+    _chosen = name
+    return found
+
+
+def current_device() -> torch.device:
+    """The device chosen with use_device (auto when none was)."""
+    return resolve_device(_chosen)
