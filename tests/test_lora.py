@@ -209,3 +209,37 @@ def test_llama_adapter_matches_peft(tmp_path, tiny_tokenizer, targets):
     fresh = peft.get_peft_model(transformers.LlamaForCausalLM.from_pretrained(base),
                                 peft.LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"))
     assert sum(p.numel() for p in params) == fresh.get_nb_trainable_parameters()[0]
+
+
+def test_alignment_commands_with_lora(tmp_path, tiny_checkpoint, capsys):
+    """rm, dpo and ppo with --lora-r: adapters + the new heads (score, v_head) are all that is saved;
+    the reward adapter scores as a reward model, merged or not."""
+    prefs = tmp_path / "prefs.jsonl"
+    rows = [("배고파", "맛있는 거 챙겨 드세요.", "싫어"), ("추워", "따뜻하게 입으세요.", "몰라")] * 6
+    prefs.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}, ensure_ascii=False) + "\n"
+                             for p, c, r in rows), encoding="utf-8")
+    common = ["--max-steps", 2, "--batch-size", 4, "--lora-r", 4, "--no-progress"]
+    _run(["rm", "train", "--model", tiny_checkpoint, "--data", prefs, "--out", tmp_path / "rm", *common])
+    rm = tmp_path / "rm"
+    tensors = load_file(str(rm / "adapter_model.safetensors"))
+    assert "base_model.model.score.weight" in tensors and not (rm / "model.safetensors").exists()
+    adapter_config = json.loads((rm / "adapter_config.json").read_text())
+    assert adapter_config["task_type"] == "SEQ_CLS" and adapter_config["modules_to_save"] == ["score"]
+
+    score = ["rm", "score", "--prompt", "배고파", "--response", "밥 드세요", "--json"]
+    capsys.readouterr()
+    _run([*score, "--model", rm])
+    reward = json.loads(capsys.readouterr().out)["rewards"][0]["reward"]
+    _run(["merge", "--model", rm, "--out", tmp_path / "rm-full"])
+    capsys.readouterr()
+    _run([*score, "--model", tmp_path / "rm-full"])
+    assert json.loads(capsys.readouterr().out)["rewards"][0]["reward"] == pytest.approx(reward, abs=1e-4)
+
+    _run(["dpo", "--model", tiny_checkpoint, "--data", prefs, "--out", tmp_path / "dpo", *common])
+    assert all("lora_" in k for k in load_file(str(tmp_path / "dpo" / "adapter_model.safetensors")))
+
+    (tmp_path / "prompts.txt").write_text("배고파\n추워\n", encoding="utf-8")
+    _run(["ppo", "--model", tiny_checkpoint, "--reward-model", rm, "--prompts", tmp_path / "prompts.txt",
+          "--out", tmp_path / "ppo", "--max-new-tokens", 4, "--ppo-epochs", 1, "--mini-batch-size", 2, *common])
+    ppo = load_checkpoint(tmp_path / "ppo")
+    assert set(ppo.extra_tensors) == {"v_head.weight", "v_head.bias"} and not has_lora(ppo.model)
