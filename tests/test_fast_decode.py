@@ -34,8 +34,8 @@ def random_model(**shape) -> GPT:
 def test_step_equals_pytorch_forward_with_padding_and_reorder():
     assert fast.library() is not None
     model = random_model()
-    decoder = fast.FastDecoder(model, fast.library())
-    decoder.bind(model.lm_head.weight.detach().t().contiguous())
+    decoder = fast.FastDecoder.for_model(model, fast.library())
+    decoder.bind(lambda: model.lm_head.weight.detach().t().contiguous())
     B, P, total = 3, 7, 12
     padding = torch.ones(B, total, dtype=torch.bool)
     padding[0, :4], padding[1, :1] = False, False  # left padding of different lengths
@@ -68,8 +68,8 @@ def test_prefill_equals_pytorch_forward_with_padding():
     """Short prompts go through the C forward too: every token of every row at once, causal
     within its row, pad tokens hidden, logits of the last position only."""
     model = random_model()
-    decoder = fast.FastDecoder(model, fast.library())
-    decoder.bind(model.lm_head.weight.detach().t().contiguous())
+    decoder = fast.FastDecoder.for_model(model, fast.library())
+    decoder.bind(lambda: model.lm_head.weight.detach().t().contiguous())
     B, P, total = 3, 6, 10
     padding = torch.ones(B, total, dtype=torch.bool)
     padding[0, :3], padding[2, :1] = False, False

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .batch import evaluating
 from .config import Completion, GenerationConfig
-from .core import evaluating
 from .fast import topk
 from .processors import Processor
 from .text import truncate_at_stop

@@ -3,13 +3,13 @@
 Prompts of different lengths are left-padded into one batch and run through the model in one
 forward; then each step feeds one token per row into a preallocated KV cache and computes the
 LM head for that position only. A finished (or cancelled) row leaves the batch at once, so the
-remaining rows decode faster. Beam search lives in beam.py and shares the batch preparation.
+remaining rows decode faster. The batch state is batch.py's; beam search (beam.py) shares it
+and the batch preparation.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -18,47 +18,12 @@ import torch
 from ..errors import InputError
 from ..models import CausalLM, KVCache
 from ..threads import ThreadPolicy
+from .batch import Batch, evaluating
+from .beam import beam_search
 from .config import Completion, GenerationConfig, StreamEvent
 from .fast import PREFILL_TOKENS, FastDecoder, library, weight_key
 from .processors import Processor, Utf8Mask
 from .text import TextStream, complete_prefix, ids_before, token_bytes
-
-
-@contextmanager
-def evaluating(model: CausalLM):
-    """Eval mode (no dropout) for generation, restored afterwards; a model already in eval mode is
-    not walked twice (train()/eval() visit every module)."""
-    training = model.training
-    if training:
-        model.eval()
-    try:
-        yield
-    finally:
-        if training:
-            model.train()
-
-
-@dataclass
-class Batch:
-    """Left-padded prompts with their cache; `seqs` holds every row's tokens (pads as vocab_size)."""
-
-    cache: KVCache
-    seqs: torch.Tensor  # (B, total) long
-    padding_mask: torch.Tensor | None  # (B, total) bool, None when no row is padded
-    positions: torch.Tensor | None  # (B, 1) position of each row's next token, None without padding
-    length: int  # filled columns of seqs (= padded prompt length + generated)
-    prompt_length: int
-    fast: FastDecoder | None = None  # the fused C step, bound to the weights, when available
-    greedy: tuple[torch.Tensor, torch.Tensor] | None = None  # (logits, their argmax) from the C step
-    record: bool = True  # write each step's tokens into seqs (only penalties read them)
-
-    def select(self, index: torch.Tensor) -> None:
-        self.cache.reorder(index, self.fast.reorder_rows if self.fast is not None else None)
-        if self.record:
-            self.seqs = self.seqs.index_select(0, index)
-        if self.padding_mask is not None:
-            self.padding_mask = self.padding_mask.index_select(0, index)
-            self.positions = self.positions.index_select(0, index)
 
 
 @dataclass
@@ -121,8 +86,8 @@ class Engine:
         if not (self.fast_decode and FastDecoder.supports(self.model)):
             return None
         if self._fast is None:
-            self._fast = FastDecoder(self.model, library())
-        self._fast.bind(self.head_matrix())
+            self._fast = FastDecoder.for_model(self.model, library())
+        self._fast.bind(self.head_matrix)
         return self._fast
 
     # -- public API ---------------------------------------------------------------------------
@@ -131,8 +96,6 @@ class Engine:
         self.check(config)
         ids = [self.encode(p) for p in prompts]
         if config.num_beams > 1:
-            from .beam import beam_search
-
             return beam_search(self, ids, config)
         out: list[list[Completion]] = [[] for _ in ids]
         owner = [i for i in range(len(ids)) for _ in range(config.num_return_sequences)]
@@ -167,8 +130,6 @@ class Engine:
         for ids, (_, config) in zip(prompts, requests):
             n = config.num_return_sequences
             if config.num_beams > 1:
-                from .beam import beam_search
-
                 for k, c in enumerate(beam_search(self, [ids], config)[0]):
                     if not (is_cancelled and is_cancelled(first + k)):
                         yield StreamEvent(first + k, c.text, c.token_ids, c.finish_reason)

@@ -1,23 +1,54 @@
-/* The GPT-2 forward for decoding, fused in C: the CPU fast path of the engine.
+/* The decoding forward of GPT-2 and of the Llama family, fused in C: the CPU fast path of the engine.
  *
  * Why: a decoding step of a small model feeds one token per row through the network, so each of
  * its ~100 tensor operations works on a few hundred floats, and in PyTorch each costs a dispatch
  * (5-15 us on a small VM) that dwarfs the arithmetic. Here a whole step (or a short prompt) runs
  * in one OpenMP parallel region (the same runtime torch uses, so torch.set_num_threads applies):
- * each thread streams its own band of every weight matrix's rows (a step reads all the weights
- * once, so memory bandwidth sets its speed), the attention is split by (query, head), and the
- * threads meet at a barrier only where one needs another's results. The math is exactly
- * model.py's (pre-LayerNorm blocks, GELU-tanh MLP, learned positions); hangpt/engine/fast.py
- * compiles this file, and tests check it against the PyTorch forward.
+ * each thread streams its own band of every weight matrix (a step reads all the weights once, so
+ * memory bandwidth sets its speed), the attention is split by (query, head), and the threads meet
+ * at a barrier only where one needs another's results. The math is exactly hangpt/models' (GPT-2:
+ * pre-LayerNorm blocks, GELU-tanh MLP, learned positions; Llama: RMSNorm, rotary positions,
+ * grouped-query attention, SwiGLU MLP, optional q/k/v biases and per-head q/k norms);
+ * hangpt/engine/fast.py compiles this file, and tests check it against the PyTorch forward.
  *
- * Layouts: weights as in GPT-2 checkpoints, Conv1D (in, out) row-major; the LM head as its
- * transposed copy (n_embd, vocab); the KV cache (n_layer, B, n_head, max_len, head_dim).
+ * Layouts: GPT-2's weights as in its checkpoints, Conv1D (in, out) row-major, its LM head as a
+ * transposed copy (hidden, vocab); the Llama family's as nn.Linear, (out, in), its LM head as is
+ * (vocab, hidden). The KV cache is (layers, batch, kv_heads, max_len, head_dim).
  */
 #include <math.h>
 #include <string.h>
 #include <omp.h>
 
-enum { LN1_W, LN1_B, ATTN_W, ATTN_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FC2_W, FC2_B, PER_LAYER };
+/* The shapes of one call, mirrored by fast.Shape (same fields, same order). */
+typedef struct {
+    int layers, heads, kv_heads, head_dim, hidden, mlp, vocab;
+    int queries;  /* N: tokens fed in this call */
+    int outputs;  /* M: how many of them want next-token logits */
+    int batch;    /* B: rows of the KV cache */
+    int max_len;  /* T: positions of the KV cache */
+    int past;     /* filled positions before this call (a decoding query's slot) */
+    int threads;
+    float eps;    /* of the LayerNorms / RMSNorms */
+} Shape;
+
+/* The queries of one call and where results go, mirrored by fast.Queries. tokens, positions, rows,
+ * slots: N each; NULL rows means query n is cache row n, NULL slots means every slot is `past`,
+ * NULL positions means each position is the slot. keep: B rows of keep_stride bytes (1 = a real
+ * token) or NULL. out_rows: the M queries whose logits are wanted (NULL: all, M = N); logits
+ * (M, vocab) and argmax (M: the greedy tokens, the first index of the maximum as torch.argmax). */
+typedef struct {
+    const long long *tokens, *positions, *rows, *slots;
+    const unsigned char *keep;
+    long long keep_stride;
+    const long long *out_rows;
+    float *kcache, *vcache, *logits;
+    long long *argmax;
+    float *scratch;  /* hangpt_*_scratch(shape) floats */
+} Queries;
+
+#define ROW(io, n) ((io)->rows ? (io)->rows[n] : (long long)(n))
+#define SLOT(s, io, n) ((io)->slots ? (io)->slots[n] : (long long)(s)->past)
+#define POSITION(s, io, n) ((io)->positions ? (io)->positions[n] : SLOT(s, io, n))
 
 /* This thread's share [*lo, *hi) of n items, in multiples of `grain`. */
 static void share(int n, int grain, int *lo, int *hi) {
@@ -27,6 +58,7 @@ static void share(int n, int grain, int *lo, int *hi) {
     *hi = *lo + per < n ? *lo + per : n;
 }
 
+/* ---- matrix products and norms ---- */
 /* p[b, o] += sum over rows i in [i0, i1) of x[b, i] W[i, o], for one row of x: eight rows of W
  * at a time, so p is read and written once per eight rows of W. */
 static void rows_one(const float *restrict x, const float *restrict W, float *restrict p, int out, int i0, int i1,
@@ -103,6 +135,44 @@ static void matmul(const float *restrict x, const float *restrict W, const float
     }
 }
 
+/* y (B, out) = [y +] x (B, in) W^T [+ bias] for W in nn.Linear's layout (out, in), this thread
+ * computing its band of the outputs: it streams its contiguous band of W's rows once, four rows at
+ * a time, each against every row of x (four independent sums per pass keep the FMA units busy).
+ * No partial sums to add up: a barrier is needed only before another thread reads y. */
+static void linear_band(const float *restrict x, const float *restrict W, const float *restrict bias,
+                        float *restrict y, int B, int in, int out, int accumulate) {
+    int o0, o1;
+    share(out, 4, &o0, &o1);
+    int o = o0;
+    for (; o + 4 <= o1; o += 4) {
+        const float *w0 = W + (size_t)o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * in;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int i = 0; i < in; i++) {
+                s0 += xb[i] * w0[i];
+                s1 += xb[i] * w1[i];
+                s2 += xb[i] * w2[i];
+                s3 += xb[i] * w3[i];
+            }
+            float *yb = y + (size_t)b * out + o, sums[4] = {s0, s1, s2, s3};
+            for (int j = 0; j < 4; j++) yb[j] = (accumulate ? yb[j] : 0.0f) + (sums[j] + (bias ? bias[o + j] : 0.0f));
+        }
+    }
+    for (; o < o1; o++) {
+        const float *w = W + (size_t)o * in;
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * in;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int i = 0; i < in; i++) s += xb[i] * w[i];
+            float *yb = y + (size_t)b * out + o;
+            *yb = (accumulate ? *yb : 0.0f) + (s + (bias ? bias[o] : 0.0f));
+        }
+    }
+}
+
 /* LayerNorm of rows of x into the rows of y (y row r from x row `pick[r]`, or row r when pick is
  * NULL), this thread writing only its band of the columns: the band of rows of W that its next
  * matmul reads, so no barrier is needed in between (the statistics of the whole row are cheap
@@ -122,6 +192,27 @@ static void layer_norm_band(const float *x, const long long *pick, const float *
         float inv = 1.0f / sqrtf(var / C + eps);
 #pragma omp simd
         for (int c = c0; c < c1; c++) y[(size_t)r * C + c] = (xr[c] - mean) * inv * w[c] + bias[c];
+    }
+}
+
+/* RMSNorm of one vector of C floats, y = w * x / rms(x) (y may be x): the Llama family's block
+ * norms, and Qwen3's per-head q/k norms. */
+static void rms_norm(const float *x, const float *w, float *y, int C, float eps) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int c = 0; c < C; c++) ss += x[c] * x[c];
+    float inv = 1.0f / sqrtf(ss / C + eps);
+#pragma omp simd
+    for (int c = 0; c < C; c++) y[c] = w[c] * (x[c] * inv);
+}
+
+/* Rotary embedding of one head vector in place ("rotate half": dimension i pairs with i + D/2),
+ * cs holding the D/2 cosines then the D/2 sines of its position. */
+static void rotate(float *v, const float *cs, int half) {
+    for (int i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half], c = cs[i], s = cs[half + i];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
     }
 }
 
@@ -151,87 +242,112 @@ static inline float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanh_rational(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
+/* The key and value of query n for KV head kvh (D floats each) into the cache at its row and slot. */
+static void store_kv(const Shape *s, const Queries *io, int l, int n, int kvh, const float *k, const float *v) {
+    const int D = s->head_dim;
+    size_t at = ((((size_t)l * s->batch + ROW(io, n)) * s->kv_heads + kvh) * s->max_len + SLOT(s, io, n)) * D;
+    memcpy(io->kcache + at, k, D * sizeof(float));
+    memcpy(io->vcache + at, v, D * sizeof(float));
+}
+
+/* Attention of query n's head h (q: D floats) over the slots 0..its own of its cache row, in KV
+ * head h / (heads / kv_heads) (grouped-query attention), skipping pad slots (keep = 0) except its
+ * own, as models.layers.attention_mask_for does; y receives D floats, p is T floats of scratch. */
+static void attend(const Shape *s, const Queries *io, int l, int n, int h, const float *q, float *y, float *p) {
+    const int D = s->head_dim, T = s->max_len, own = (int)SLOT(s, io, n);
+    const int kvh = h / (s->heads / s->kv_heads);
+    const size_t head_offset = (((size_t)l * s->batch + ROW(io, n)) * s->kv_heads + kvh) * T * D;
+    const float *kc = io->kcache + head_offset, *vc = io->vcache + head_offset, scale = 1.0f / sqrtf((float)D);
+    const unsigned char *real = io->keep ? io->keep + ROW(io, n) * io->keep_stride : 0;
+    float best = -INFINITY;
+    for (int t = 0; t <= own; t++) {
+        if (real && t < own && !real[t]) {
+            p[t] = -INFINITY;  /* a pad key; the query's own key is always kept */
+            continue;
+        }
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < D; d++) dot += q[d] * kc[(size_t)t * D + d];
+        p[t] = dot * scale;
+        if (p[t] > best) best = p[t];
+    }
+    float sum = 0.0f;
+    for (int t = 0; t <= own; t++) sum += (p[t] = expf(p[t] - best));
+    for (int d = 0; d < D; d++) y[d] = 0.0f;
+    for (int t = 0; t <= own; t++) {
+        float pt = p[t] / sum;
+        if (pt == 0.0f) continue;
+#pragma omp simd
+        for (int d = 0; d < D; d++) y[d] += pt * vc[(size_t)t * D + d];
+    }
+}
+
+/* The greedy tokens: argmax of each row of logits, first index of the maximum (as torch.argmax). */
+static void argmax_rows(const Shape *s, const Queries *io) {
+#pragma omp for
+    for (int m = 0; m < s->outputs; m++) {
+        const float *row = io->logits + (size_t)m * s->vocab;
+        int best = 0;
+        for (int o = 1; o < s->vocab; o++)
+            if (row[o] > row[best]) best = o;
+        io->argmax[m] = best;
+    }
+}
+
+/* ---- GPT-2 ---- */
+enum { LN1_W, LN1_B, ATTN_W, ATTN_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FC2_W, FC2_B, GPT2_PER_LAYER };
+enum { GPT2_LNF_W, GPT2_LNF_B, GPT2_WTE, GPT2_WPE, GPT2_HEAD };
+
+static size_t gpt2_partials(const Shape *s) {
+    size_t N = s->queries, C = s->hidden, F = s->mlp, block = N * (3 * C > F ? 3 * C : F);
+    size_t head = (size_t)s->outputs * s->vocab;
+    return (size_t)s->threads * (block > head ? block : head);
+}
+
+/* Floats of scratch hangpt_gpt2_forward needs for this shape. */
+size_t hangpt_gpt2_scratch(const Shape *s) {
+    size_t N = s->queries, C = s->hidden;
+    return N * (6 * C + s->mlp + (size_t)s->heads * s->max_len) + 2 * gpt2_partials(s);
+}
+
 /* The forward pass of N queries (tokens) against a KV cache of B rows, each query at its own cache
  * row and slot: decoding feeds one query per row at slot `past`; a short prompt feeds all its
  * tokens at once (the engine's prefill), query t of a row at slot t. Every query writes its key
- * and value at its slot, then attends to the slots 0..its own of its row (causal), skipping pad
- * slots (keep = 0) except its own, as model.attention_mask_for does.
- *
- * dims: n_layer, n_head, n_embd, n_inner, N, max_len, B, threads, past.
- * weights: PER_LAYER pointers per layer, then ln_f weight, ln_f bias, wte, wpe, head (n_embd, vocab).
- * tokens, positions, rows, slots: N each; NULL rows means query n is row n, NULL slots means every
- * slot is `past`, NULL positions means each position is the slot (a decoding step without padding). keep: B rows of keep_stride bytes (1 = a real token) or
- * NULL. out_rows: the M queries whose next-token logits are wanted (NULL: all N, M = N); logits (M, vocab) and argmax
- * (M: the greedy tokens, first index of the maximum as torch.argmax) receive them.
- * scratch: N * (6 n_embd + n_inner + n_head * max_len) + 2 * threads * max(N * max(3 n_embd,
- * n_inner), M * vocab) floats. */
-void hangpt_forward(const int *dims, int vocab, float eps, const float *const *weights, const long long *tokens,
-                    const long long *positions, const long long *rows, const long long *slots,
-                    const unsigned char *keep, long long keep_stride, float *kcache, float *vcache,
-                    const long long *out_rows, int M, float *logits, long long *argmax, float *scratch) {
-    const int L = dims[0], H = dims[1], C = dims[2], F = dims[3], N = dims[4], T = dims[5], B = dims[6];
-    const int threads = dims[7], past = dims[8], D = C / H;
-#define ROW(n) (rows ? rows[n] : (long long)(n))
-#define SLOT(n) (slots ? slots[n] : (long long)past)
-    const float scale = 1.0f / sqrtf((float)D);
-    const size_t widest_block = (size_t)N * (3 * C > F ? 3 * C : F), widest_head = (size_t)M * vocab;
-    float *x = scratch, *h = x + (size_t)N * C, *qkv = h + (size_t)N * C, *att = qkv + 3 * (size_t)N * C;
-    float *f = att + (size_t)N * C, *probs = f + (size_t)N * F, *partial_a = probs + (size_t)N * H * T;
-    float *partial_b = partial_a + threads * (widest_block > widest_head ? widest_block : widest_head);
-    const float *const *top = weights + L * PER_LAYER;
+ * and value at its slot, then attends to the slots 0..its own of its row (causal).
+ * weights: GPT2_PER_LAYER pointers per layer, then ln_f weight, ln_f bias, wte, wpe, head (hidden, vocab). */
+void hangpt_gpt2_forward(const Shape *s, const float *const *weights, const Queries *io) {
+    const int L = s->layers, H = s->heads, C = s->hidden, F = s->mlp, N = s->queries, M = s->outputs, D = s->head_dim;
+    float *x = io->scratch, *h = x + (size_t)N * C, *qkv = h + (size_t)N * C, *att = qkv + 3 * (size_t)N * C;
+    float *f = att + (size_t)N * C, *probs = f + (size_t)N * F, *partial_a = probs + (size_t)N * H * s->max_len;
+    float *partial_b = partial_a + gpt2_partials(s);
+    const float *const *top = weights + L * GPT2_PER_LAYER;
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(s->threads)
     {
 #pragma omp for
         for (int n = 0; n < N; n++) {
-            const float *te = top[2] + (size_t)tokens[n] * C, *pe = top[3] + (size_t)(positions ? positions[n] : SLOT(n)) * C;
+            const float *te = top[GPT2_WTE] + (size_t)io->tokens[n] * C, *pe = top[GPT2_WPE] + (size_t)POSITION(s, io, n) * C;
             for (int c = 0; c < C; c++) x[(size_t)n * C + c] = te[c] + pe[c];
         }
         for (int l = 0; l < L; l++) {
-            const float *const *w = weights + l * PER_LAYER;
-            layer_norm_band(x, 0, w[LN1_W], w[LN1_B], h, N, C, eps);
+            const float *const *w = weights + l * GPT2_PER_LAYER;
+            layer_norm_band(x, 0, w[LN1_W], w[LN1_B], h, N, C, s->eps);
             matmul(h, w[ATTN_W], w[ATTN_B], qkv, N, C, 3 * C, 0, partial_a);
 #pragma omp barrier
 #pragma omp for
             for (int nh = 0; nh < N * H; nh++) {  /* every query's key and value into its slot */
-                int n = nh / H, hd = nh % H;
-                size_t at = ((((size_t)l * B + ROW(n)) * H + hd) * T + SLOT(n)) * D;
-                memcpy(kcache + at, qkv + (size_t)n * 3 * C + C + hd * D, D * sizeof(float));
-                memcpy(vcache + at, qkv + (size_t)n * 3 * C + 2 * C + hd * D, D * sizeof(float));
+                const float *row = qkv + (size_t)(nh / H) * 3 * C + (nh % H) * D;
+                store_kv(s, io, l, nh / H, nh % H, row + C, row + 2 * C);
             }
 #pragma omp for
             for (int nh = 0; nh < N * H; nh++) {
-                int n = nh / H, hd = nh % H, own = (int)SLOT(n);
-                size_t head_offset = (((size_t)l * B + ROW(n)) * H + hd) * T * D;
-                const float *kc = kcache + head_offset, *vc = vcache + head_offset;
-                const float *q = qkv + (size_t)n * 3 * C + hd * D;
-                const unsigned char *real = keep ? keep + ROW(n) * keep_stride : 0;
-                float *p = probs + (size_t)nh * T, best = -INFINITY;
-                for (int t = 0; t <= own; t++) {
-                    if (real && t < own && !real[t]) {
-                        p[t] = -INFINITY;  /* a pad key; the query's own key is always kept */
-                        continue;
-                    }
-                    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-                    for (int d = 0; d < D; d++) s += q[d] * kc[(size_t)t * D + d];
-                    p[t] = s * scale;
-                    if (p[t] > best) best = p[t];
-                }
-                float sum = 0.0f;
-                for (int t = 0; t <= own; t++) sum += (p[t] = expf(p[t] - best));
-                float *y = att + (size_t)n * C + hd * D;
-                for (int d = 0; d < D; d++) y[d] = 0.0f;
-                for (int t = 0; t <= own; t++) {
-                    float pt = p[t] / sum;
-                    if (pt == 0.0f) continue;
-#pragma omp simd
-                    for (int d = 0; d < D; d++) y[d] += pt * vc[(size_t)t * D + d];
-                }
+                int n = nh / H, hd = nh % H;
+                attend(s, io, l, n, hd, qkv + (size_t)n * 3 * C + hd * D, att + (size_t)n * C + hd * D,
+                       probs + (size_t)nh * s->max_len);
             }
             matmul(att, w[PROJ_W], w[PROJ_B], x, N, C, C, 1, partial_b);
 #pragma omp barrier
-            layer_norm_band(x, 0, w[LN2_W], w[LN2_B], h, N, C, eps);
+            layer_norm_band(x, 0, w[LN2_W], w[LN2_B], h, N, C, s->eps);
             matmul(h, w[FC_W], w[FC_B], f, N, C, F, 0, partial_a);
             {
                 /* GELU on the columns this thread has just summed, which are also the band of rows
@@ -249,39 +365,128 @@ void hangpt_forward(const int *dims, int vocab, float eps, const float *const *w
             matmul(f, w[FC2_W], w[FC2_B], x, N, F, C, 1, partial_b);
 #pragma omp barrier
         }
-        layer_norm_band(x, out_rows, top[0], top[1], h, M, C, eps);  /* only the queries asked for (NULL: all) */
-        matmul(h, top[4], 0, logits, M, C, vocab, 0, partial_a);
+        layer_norm_band(x, io->out_rows, top[GPT2_LNF_W], top[GPT2_LNF_B], h, M, C, s->eps);  /* only the queries asked for */
+        matmul(h, top[GPT2_HEAD], 0, io->logits, M, C, s->vocab, 0, partial_a);
 #pragma omp barrier
-#pragma omp for
-        for (int m = 0; m < M; m++) {
-            const float *row = logits + (size_t)m * vocab;
-            int best = 0;
-            for (int o = 1; o < vocab; o++)
-                if (row[o] > row[best]) best = o;
-            argmax[m] = best;
-        }
+        argmax_rows(s, io);
     }
-#undef ROW
-#undef SLOT
 }
 
-/* Beam search, in place: row b of the cache takes the first `filled` positions of row
- * parents[b] (every layer, keys and values; each (layer, row, head) is a contiguous block).
- * Rows that keep their parent are not touched, and a row is first saved to k_tmp/v_tmp only
- * when it is overwritten while another row still copies it, so the cache stays where it is (and
- * in cache memory) instead of being copied whole every step. dims as above. */
-void hangpt_reorder_cache(const int *dims, const long long *parents, int filled, float *k, float *v, float *k_tmp,
+/* ---- the Llama family (llama, mistral, qwen2, qwen3) ---- */
+/* per layer; a NULL pointer is an absent part (biases: Qwen2 has q/k/v ones; q/k norms: Qwen3) */
+enum { IN_NORM, Q_W, Q_B, K_W, K_B, V_W, V_B, O_W, O_B, Q_NORM, K_NORM, POST_NORM, GATE_W, GATE_B, UP_W, UP_B,
+       DOWN_W, DOWN_B, LLAMA_PER_LAYER };
+enum { LLAMA_NORM, LLAMA_EMBED, LLAMA_HEAD, LLAMA_INV_FREQ };
+
+/* Floats of scratch hangpt_llama_forward needs for this shape. */
+size_t hangpt_llama_scratch(const Shape *s) {
+    size_t N = s->queries, D = s->head_dim, H = s->heads, Hkv = s->kv_heads;
+    return N * (2 * s->hidden + 2 * H * D + 2 * Hkv * D + 2 * (size_t)s->mlp + H * s->max_len + D);
+}
+
+/* SiLU through the vectorised tanh: x * sigmoid(x) = x * (1 + tanh(x / 2)) / 2. */
+#pragma omp declare simd
+static inline float silu(float x) {
+    return 0.5f * x * (1.0f + tanh_rational(0.5f * x));
+}
+
+/* The same forward as hangpt_gpt2_forward (queries, cache rows and slots alike) for the Llama
+ * family. weights: LLAMA_PER_LAYER pointers per layer, then the final norm, the token embedding,
+ * the LM head (vocab, hidden; the embedding itself when tied) and the rotary inverse frequencies
+ * (head_dim / 2, the scaling of rope_scaling already applied). */
+void hangpt_llama_forward(const Shape *s, const float *const *weights, const Queries *io) {
+    const int L = s->layers, H = s->heads, Hkv = s->kv_heads, D = s->head_dim, C = s->hidden, F = s->mlp;
+    const int N = s->queries, M = s->outputs, T = s->max_len, half = D / 2;
+    float *x = io->scratch, *h = x + (size_t)N * C, *q = h + (size_t)N * C, *k = q + (size_t)N * H * D;
+    float *v = k + (size_t)N * Hkv * D, *att = v + (size_t)N * Hkv * D, *g = att + (size_t)N * H * D;
+    float *u = g + (size_t)N * F, *probs = u + (size_t)N * F, *rope = probs + (size_t)N * H * T;
+    const float *const *top = weights + L * LLAMA_PER_LAYER;
+
+#pragma omp parallel num_threads(s->threads)
+    {
+#pragma omp for
+        for (int n = 0; n < N; n++) {  /* embeddings, and the cos/sin of each query's position */
+            memcpy(x + (size_t)n * C, top[LLAMA_EMBED] + (size_t)io->tokens[n] * C, C * sizeof(float));
+            float pos = (float)POSITION(s, io, n);
+            for (int i = 0; i < half; i++) {
+                float angle = pos * top[LLAMA_INV_FREQ][i];
+                rope[(size_t)n * D + i] = cosf(angle);
+                rope[(size_t)n * D + half + i] = sinf(angle);
+            }
+        }
+        for (int l = 0; l < L; l++) {
+            const float *const *w = weights + l * LLAMA_PER_LAYER;
+#pragma omp for
+            for (int n = 0; n < N; n++) rms_norm(x + (size_t)n * C, w[IN_NORM], h + (size_t)n * C, C, s->eps);
+            linear_band(h, w[Q_W], w[Q_B], q, N, C, H * D, 0);
+            linear_band(h, w[K_W], w[K_B], k, N, C, Hkv * D, 0);
+            linear_band(h, w[V_W], w[V_B], v, N, C, Hkv * D, 0);
+#pragma omp barrier
+#pragma omp for
+            for (int nh = 0; nh < N * Hkv; nh++) {  /* every query's key (normed, rotated) and value into its slot */
+                int n = nh / Hkv;
+                float *kh = k + (size_t)nh * D;
+                if (w[K_NORM]) rms_norm(kh, w[K_NORM], kh, D, s->eps);
+                rotate(kh, rope + (size_t)n * D, half);
+                store_kv(s, io, l, n, nh % Hkv, kh, v + (size_t)nh * D);
+            }
+#pragma omp for
+            for (int nh = 0; nh < N * H; nh++) {
+                int n = nh / H;
+                float *qh = q + (size_t)nh * D;
+                if (w[Q_NORM]) rms_norm(qh, w[Q_NORM], qh, D, s->eps);
+                rotate(qh, rope + (size_t)n * D, half);
+                attend(s, io, l, n, nh % H, qh, att + (size_t)nh * D, probs + (size_t)nh * T);
+            }
+            linear_band(att, w[O_W], w[O_B], x, N, H * D, C, 1);
+#pragma omp barrier
+#pragma omp for
+            for (int n = 0; n < N; n++) rms_norm(x + (size_t)n * C, w[POST_NORM], h + (size_t)n * C, C, s->eps);
+            linear_band(h, w[GATE_W], w[GATE_B], g, N, C, F, 0);
+            linear_band(h, w[UP_W], w[UP_B], u, N, C, F, 0);
+            {
+                /* SwiGLU on the band of gate and up this thread has just computed (the same band
+                 * for both); the down projection reads every column, hence the barrier after */
+                int o0, o1;
+                share(F, 4, &o0, &o1);
+                for (int n = 0; n < N; n++) {
+                    float *gn = g + (size_t)n * F, *un = u + (size_t)n * F;
+#pragma omp simd
+                    for (int o = o0; o < o1; o++) gn[o] = silu(gn[o]) * un[o];
+                }
+            }
+#pragma omp barrier
+            linear_band(g, w[DOWN_W], w[DOWN_B], x, N, F, C, 1);
+#pragma omp barrier
+        }
+#pragma omp for
+        for (int m = 0; m < M; m++) {  /* the final norm of the queries asked for only */
+            long long n = io->out_rows ? io->out_rows[m] : m;
+            rms_norm(x + (size_t)n * C, top[LLAMA_NORM], h + (size_t)m * C, C, s->eps);
+        }
+        linear_band(h, top[LLAMA_HEAD], 0, io->logits, M, C, s->vocab, 0);
+#pragma omp barrier
+        argmax_rows(s, io);
+    }
+}
+
+/* ---- beam search helpers ---- */
+/* In place: row b of the cache takes the first `filled` positions of row parents[b] (every layer,
+ * keys and values; each (layer, row, KV head) is a contiguous block). Rows that keep their parent
+ * are not touched, and a row is first saved to k_tmp/v_tmp only when it is overwritten while
+ * another row still copies it, so the cache stays where it is (and in cache memory) instead of
+ * being copied whole every step. */
+void hangpt_reorder_cache(const Shape *s, const long long *parents, int filled, float *k, float *v, float *k_tmp,
                           float *v_tmp) {
-    const int L = dims[0], H = dims[1], C = dims[2], B = dims[6], T = dims[5], threads = dims[7];
-    const int D = C / H;
-    const size_t block = (size_t)T * D, bytes = (size_t)filled * D * sizeof(float);
+    const int L = s->layers, H = s->kv_heads, B = s->batch, D = s->head_dim;
+    const size_t block = (size_t)s->max_len * D, bytes = (size_t)filled * D * sizeof(float);
     unsigned char save[B];
     for (int r = 0; r < B; r++) {
         save[r] = 0;
         for (int b = 0; b < B && parents[r] != r; b++)
             if (b != r && parents[b] == r) save[r] = 1;
     }
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(s->threads)
     {
 #pragma omp for collapse(2)
         for (int l = 0; l < L; l++)

@@ -22,10 +22,12 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from ..models import GPT, CausalLM, KVCache
+from ..models import GPT, CausalLM, KVCache, Llama
+from ..models.lora import has_lora
 
 SOURCE = Path(__file__).with_name("decode_step.c")
 # tried in order: this CPU's widest vectors where the compiler knows the flag (x86 with AVX-512),
@@ -97,6 +99,23 @@ def _compile(target: Path) -> None:
         raise CompileError(f"{compiler} failed: {(errors or ['no output'])[0].strip()}")
 
 
+class Shape(ctypes.Structure):
+    """decode_step.c's Shape: the model's sizes and this call's (same fields, same order)."""
+
+    _fields_ = [(name, ctypes.c_int) for name in (
+        "layers", "heads", "kv_heads", "head_dim", "hidden", "mlp", "vocab",
+        "queries", "outputs", "batch", "max_len", "past", "threads")] + [("eps", ctypes.c_float)]
+
+
+class Queries(ctypes.Structure):
+    """decode_step.c's Queries: the tokens of one call, their places in the cache, and the outputs."""
+
+    _fields_ = [("tokens", ctypes.c_void_p), ("positions", ctypes.c_void_p), ("rows", ctypes.c_void_p),
+                ("slots", ctypes.c_void_p), ("keep", ctypes.c_void_p), ("keep_stride", ctypes.c_longlong),
+                ("out_rows", ctypes.c_void_p), ("kcache", ctypes.c_void_p), ("vcache", ctypes.c_void_p),
+                ("logits", ctypes.c_void_p), ("argmax", ctypes.c_void_p), ("scratch", ctypes.c_void_p)]
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled decode step, or None where it cannot be built (the engine then uses PyTorch).
@@ -124,14 +143,16 @@ def library() -> ctypes.CDLL | None:
     if lib is None:
         warnings.warn(f"fast CPU decoding unavailable ({problem}); using the PyTorch forward", stacklevel=2)
         return None
-    lib.hangpt_forward.restype = None
-    lib.hangpt_forward.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_float] + [ctypes.c_void_p] * 6 + [
-        ctypes.c_longlong, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3
+    shape, queries = ctypes.POINTER(Shape), ctypes.POINTER(Queries)
+    for family in ("gpt2", "llama"):
+        forward, scratch = getattr(lib, f"hangpt_{family}_forward"), getattr(lib, f"hangpt_{family}_scratch")
+        forward.restype, forward.argtypes = None, [shape, ctypes.c_void_p, queries]
+        scratch.restype, scratch.argtypes = ctypes.c_size_t, [shape]
+    lib.hangpt_reorder_cache.restype = None
+    lib.hangpt_reorder_cache.argtypes = [shape, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4
     lib.hangpt_topk.restype = None
     lib.hangpt_topk.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                 ctypes.c_void_p, ctypes.c_void_p]
-    lib.hangpt_reorder_cache.restype = None
-    lib.hangpt_reorder_cache.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4
     return lib
 
 
@@ -156,51 +177,61 @@ def weight_key(t: torch.Tensor) -> tuple[int, int]:
 
 
 class FastDecoder:
-    """Runs `GPT.forward` with a KVCache in one C call: one new token per row, or short prompts.
+    """Runs a model's forward with a KVCache in one C call: one new token per row, or short prompts.
 
     `bind` reads the weight pointers once per generation (PPO trains the model between
     generations; a changed tensor is noticed by its version counter), so a step costs one C call
-    plus a few Python operations.
+    plus a few Python operations. A family's subclass names its C function, its tensors in the
+    order the C code reads them, and its MLP width and norm epsilon.
     """
 
-    # per block, in the order decode_step.c reads them
-    layer_params = operator.attrgetter(
-        "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
-        "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+    family = ""
 
-    def __init__(self, model: GPT, lib: ctypes.CDLL):
+    def __init__(self, model: CausalLM, lib: ctypes.CDLL):
         self.model, self.lib = model, lib
+        self._forward = getattr(lib, f"hangpt_{self.family}_forward")
+        self._scratch_floats = getattr(lib, f"hangpt_{self.family}_scratch")
         self._key = None
         self._local = threading.local()  # scratch memory per thread (the server may decode in several)
 
     @staticmethod
     def supports(model: CausalLM) -> bool:
-        """GPT-2's architecture in float32 on a CPU, with a C compiler."""
+        """A family with a C step (GPT-2, the Llama family), float32 on a CPU, without LoRA layers
+        (those run unmerged in PyTorch), and a C compiler."""
         p = model.lm_head.weight
-        return isinstance(model, GPT) and p.device.type == "cpu" and p.dtype == torch.float32 and library() is not None
+        return (type(model) in DECODERS and p.device.type == "cpu" and p.dtype == torch.float32
+                and not has_lora(model) and library() is not None)
 
-    def bind(self, head: torch.Tensor) -> None:
-        """Take the current weights; head is the LM head as (n_embd, vocab), contiguous."""
-        tr = self.model.transformer
-        params = [p for block in tr.h for p in self.layer_params(block)] + [
-            tr.ln_f.weight, tr.ln_f.bias, tr.wte.weight, tr.wpe.weight, head]
-        key = [weight_key(t) for t in params]
+    @staticmethod
+    def for_model(model: CausalLM, lib: ctypes.CDLL) -> "FastDecoder":
+        """The decoder of the model's family (check `supports` first)."""
+        return DECODERS[type(model)](model, lib)
+
+    def tensors(self, head: Callable[[], torch.Tensor]) -> list[torch.Tensor | None]:
+        raise NotImplementedError
+
+    def bind(self, head: Callable[[], torch.Tensor]) -> None:
+        """Take the current weights; head() gives the LM head as (hidden, vocab), contiguous (the
+        engine's copy, built only by the families that read it)."""
+        params = self.tensors(head)
+        key = [None if t is None else weight_key(t) for t in params]
         if key != self._key:
-            self._weights = [t.detach().contiguous() for t in params]  # kept alive while C reads them
-            self._pointers = (ctypes.c_void_p * len(params))(*[t.data_ptr() for t in self._weights])
+            self._weights = [None if t is None else t.detach().contiguous() for t in params]  # kept alive for C
+            self._pointers = (ctypes.c_void_p * len(params))(*[pointer(t) for t in self._weights])
             self._key = key
 
-    def _dims(self, queries: int, cache: KVCache):
+    def shape(self, cache: KVCache, queries: int = 0, outputs: int = 0) -> Shape:
         cfg = self.model.config
-        return (ctypes.c_int * 9)(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.mlp_width, queries, cache.k.shape[3],
-                                  cache.k.shape[1], torch.get_num_threads(), cache.length)
+        return Shape(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, self.mlp_width,
+                     cfg.vocab_size, queries, outputs, cache.k.shape[1], cache.k.shape[3], cache.length,
+                     torch.get_num_threads(), self.eps)
 
     def reorder_rows(self, cache: KVCache, index: torch.Tensor, spare_k, spare_v) -> None:
         """For KVCache.reorder (beam search, every step): row b of the cache takes the filled
         positions of row index[b], in place, in one C call (spare_k/v: scratch of the cache's shape)."""
         parents = index.to(torch.long).contiguous()
-        self.lib.hangpt_reorder_cache(self._dims(0, cache), parents.data_ptr(), cache.length, cache.k.data_ptr(),
-                                      cache.v.data_ptr(), spare_k.data_ptr(), spare_v.data_ptr())
+        self.lib.hangpt_reorder_cache(ctypes.byref(self.shape(cache)), parents.data_ptr(), cache.length,
+                                      cache.k.data_ptr(), cache.v.data_ptr(), spare_k.data_ptr(), spare_v.data_ptr())
 
     def step(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | None,
              padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +239,7 @@ class FastDecoder:
         length); padding_mask (B, >= past+1) bool or None. Appends to the cache and returns the
         next-token logits (B, vocab) and their argmax (B,), the greedy tokens, from the same call."""
         B = tokens.shape[0]
-        return self._forward(tokens, positions, None, None, padding_mask, cache, None, B, cache.length + 1)
+        return self._run(tokens, positions, None, None, padding_mask, cache, None, B, cache.length + 1)
 
     def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None,
                 cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,23 +250,21 @@ class FastDecoder:
         slots = torch.arange(P).repeat(B)
         positions = slots if position_ids is None else position_ids
         rows = torch.arange(B)
-        return self._forward(input_ids, positions, rows.repeat_interleave(P), slots, padding_mask, cache,
-                             rows * P + (P - 1), B, P)
+        return self._run(input_ids, positions, rows.repeat_interleave(P), slots, padding_mask, cache,
+                         rows * P + (P - 1), B, P)
 
-    def _forward(self, tokens, positions, rows, slots, padding_mask, cache: KVCache, out_rows, M: int, length: int):
+    def _run(self, tokens, positions, rows, slots, padding_mask, cache: KVCache, out_rows, M: int, length: int):
         """The C forward of tokens.numel() queries (see decode_step.c); rows, slots, out_rows None
         for one decoding query per row."""
         cfg = self.model.config
-        if length > cfg.n_positions:
+        if length > cfg.context_length:
             from ..errors import InputError
 
-            raise InputError(f"sequence of {length} tokens is longer than the model's context ({cfg.n_positions})")
+            raise InputError(f"sequence of {length} tokens is longer than the model's context ({cfg.context_length})")
         if not (cache.k.is_contiguous() and cache.v.is_contiguous()):
             cache.k, cache.v = cache.k.contiguous(), cache.v.contiguous()
-        N = tokens.numel()
-        dims = self._dims(N, cache)
-        widest = max(N * max(3 * cfg.n_embd, cfg.mlp_width), M * cfg.vocab_size)
-        need = N * (6 * cfg.n_embd + cfg.mlp_width + cfg.n_head * cache.k.shape[3]) + 2 * dims[7] * widest
+        shape = self.shape(cache, tokens.numel(), M)
+        need = self._scratch_floats(ctypes.byref(shape))
         scratch = getattr(self._local, "scratch", None)
         if scratch is None or scratch.numel() < need:
             scratch = self._local.scratch = torch.empty(need)
@@ -244,13 +273,63 @@ class FastDecoder:
         tokens, positions = as_long(tokens), as_long(positions)
         if padding_mask is not None and padding_mask.stride(1) != 1:
             padding_mask = padding_mask.contiguous()
-        self.lib.hangpt_forward(
-            dims, cfg.vocab_size, cfg.layer_norm_epsilon, self._pointers, tokens.data_ptr(), pointer(positions),
-            pointer(rows), pointer(slots), pointer(padding_mask), 0 if padding_mask is None else padding_mask.stride(0),
-            cache.k.data_ptr(), cache.v.data_ptr(), pointer(out_rows), M, logits.data_ptr(), argmax.data_ptr(),
-            scratch.data_ptr())
+        queries = Queries(tokens.data_ptr(), pointer(positions), pointer(rows), pointer(slots), pointer(padding_mask),
+                          0 if padding_mask is None else padding_mask.stride(0), pointer(out_rows), cache.k.data_ptr(),
+                          cache.v.data_ptr(), logits.data_ptr(), argmax.data_ptr(), scratch.data_ptr())
+        self._forward(ctypes.byref(shape), self._pointers, ctypes.byref(queries))
         cache.length = length
         return logits, argmax
+
+
+class GPT2Decoder(FastDecoder):
+    family = "gpt2"
+    layer_params = operator.attrgetter(  # per block, in the order decode_step.c reads them
+        "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
+        "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+
+    @property
+    def mlp_width(self) -> int:
+        return self.model.config.mlp_width
+
+    @property
+    def eps(self) -> float:
+        return self.model.config.layer_norm_epsilon
+
+    def tensors(self, head):
+        tr = self.model.transformer
+        return [p for block in tr.h for p in self.layer_params(block)] + [
+            tr.ln_f.weight, tr.ln_f.bias, tr.wte.weight, tr.wpe.weight, head()]
+
+
+class LlamaDecoder(FastDecoder):
+    """llama, mistral, qwen2, qwen3: absent parts (biases, q/k norms) are NULL pointers for C."""
+
+    family = "llama"
+
+    @property
+    def mlp_width(self) -> int:
+        return self.model.config.intermediate_size
+
+    @property
+    def eps(self) -> float:
+        return self.model.config.rms_norm_eps
+
+    @staticmethod
+    def layer_tensors(block) -> list[torch.Tensor | None]:
+        a, mlp = block.self_attn, block.mlp
+        q_norm, k_norm = (a.q_norm.weight, a.k_norm.weight) if a.qk_norm else (None, None)
+        return [block.input_layernorm.weight, a.q_proj.weight, a.q_proj.bias, a.k_proj.weight, a.k_proj.bias,
+                a.v_proj.weight, a.v_proj.bias, a.o_proj.weight, a.o_proj.bias, q_norm, k_norm,
+                block.post_attention_layernorm.weight, mlp.gate_proj.weight,
+                mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias, mlp.down_proj.weight, mlp.down_proj.bias]
+
+    def tensors(self, head):
+        m = self.model.model
+        return [t for block in m.layers for t in self.layer_tensors(block)] + [
+            m.norm.weight, m.embed_tokens.weight, self.model.lm_head.weight, m.rotary.inv_freq]
+
+
+DECODERS = {GPT: GPT2Decoder, Llama: LlamaDecoder}
 
 
 def as_long(t: torch.Tensor | None) -> torch.Tensor | None:
