@@ -101,7 +101,7 @@ def test_sft_cli_writes_chat_checkpoint_and_resume_needs_state(tmp_path, tiny_ch
     with pytest.raises(SystemExit) as e:
         main(["sft", "--data", str(data), "--out", str(out), "--max-steps", "3", "--resume"])
     assert e.value.code == 2
-    assert "no train_state.pt" in capsys.readouterr().err
+    assert "already finished, nothing to resume" in capsys.readouterr().err
 
 
 def test_sft_bad_data_is_one_line_error(tmp_path, tiny_checkpoint, capsys):

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
 def _one_line(e: click.ClickException) -> str:
     """A bad command line as one line naming the flag, like every other error (no usage block)."""
     if isinstance(e, click.BadParameter) and not isinstance(e, click.MissingParameter) and e.param is not None:
-        message = f"{'/'.join(e.param.opts) if e.param.param_type_name == 'option' else e.param.human_readable_name}: {e.message}"
+        name = "/".join(e.param.opts) if isinstance(e.param, click.Option) else e.param.human_readable_name
+        message = f"{name}: {e.message}"
     else:
         message = e.format_message()
     message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
