@@ -125,6 +125,8 @@ class SamplingFields(Body):
     best_of: Annotated[int, Field(ge=1)] | None = None
     length_penalty: float = 1.0
     early_stopping: bool = False
+    # hangpt: only tokens that keep the text valid UTF-8 (no U+FFFD from half-written characters)
+    valid_utf8: bool = False
 
 
 class StreamOptions(BaseModel):
@@ -351,6 +353,7 @@ def create_app(checkpoint, settings: ServerSettings | None = None) -> FastAPI:
             logit_bias=bias,
             logprobs=logprobs,
             seed=body.seed,
+            valid_utf8=body.valid_utf8 and not beam,
         )
         engine.check(config)
         jobs = []

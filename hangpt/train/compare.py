@@ -44,7 +44,7 @@ def greedy_answers(policy_dir: str | Path, prompts: list[str], max_new_tokens: i
     ckpt = load_checkpoint(policy_dir)
     template, tok = template_for(ckpt.meta, ckpt.tokenizer), ckpt.tokenizer
     prompt_ids = [template.encode_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=template.stop_strings(tok))
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=template.stop_strings(tok), valid_utf8=True)
     return [c[0].text.strip() for c in Engine(ckpt.model, tok).generate(prompt_ids, gen)]
 
 

@@ -33,6 +33,7 @@ function sampling() {
   return {
     temperature: num("temperature"), max_tokens: num("max_tokens"), top_p: num("top_p"),
     frequency_penalty: num("frequency_penalty"), presence_penalty: num("presence_penalty"),
+    valid_utf8: true,
     ...(stop.length ? { stop } : {}),
   };
 }
