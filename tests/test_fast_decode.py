@@ -1,6 +1,8 @@
-"""The fused C decoding step (hangpt/engine/decode_step.c) against the PyTorch forward it replaces:
-same logits and cache for padded batches and odd shapes, same tokens through the engine for every
-strategy, weights that change in place, and the fallback when no compiler is found."""
+"""The fused C decoding step (hangpt/engine/decode_step.c) against the PyTorch forward it replaces,
+for GPT-2 and the Llama family (grouped- and multi-query attention, Qwen2's q/k/v biases, Qwen3's
+q/k norms, tied and untied heads, scaled rotary frequencies): same logits and cache for padded
+batches, reordered beams and odd shapes, same tokens through the engine for every strategy,
+weights that change in place, and the fallback when no compiler is found."""
 
 import os
 import shutil
@@ -12,30 +14,53 @@ import torch
 from hangpt.checkpoint import load_checkpoint
 from hangpt.engine import Engine, GenerationConfig
 from hangpt.engine import fast
-from hangpt.models import GPT, GPTConfig, KVCache
+from hangpt.checkpoint import save_checkpoint
+from hangpt.models import GPT, GPTConfig, KVCache, Llama, LlamaConfig
 
 # a machine with a C compiler must build the step (a compile error fails these tests, not skips them)
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
                                 reason="no C compiler here: the engine uses the PyTorch forward")
 
 
-def random_model(**shape) -> GPT:
-    """Odd sizes on purpose (widths not multiples of the 16-float vector, head_dim 12), and
-    non-zero biases and LayerNorm parameters so every term of the block math is exercised."""
+LLAMA = dict(vocab_size=333, max_position_embeddings=40, hidden_size=36, intermediate_size=50, num_hidden_layers=3,
+             num_attention_heads=6, num_key_value_heads=2)
+# odd sizes on purpose: widths not multiples of the 16-float vector, head_dim 12, 6, 10 or 14
+SHAPES = {
+    "gpt2": (GPTConfig, dict(vocab_size=333, n_positions=40, n_embd=36, n_layer=3, n_head=3, n_inner=100)),
+    "llama-gqa-llama3-rope": (LlamaConfig, dict(LLAMA, rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16})),
+    "llama-mqa-tied-linear-rope": (LlamaConfig, dict(LLAMA, num_key_value_heads=1, tie_word_embeddings=True,
+                                                     rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "qwen2-biases": (LlamaConfig, dict(LLAMA, model_type="qwen2", num_attention_heads=4, head_dim_=10,
+                                       tie_word_embeddings=True)),
+    "qwen3-qk-norm": (LlamaConfig, dict(LLAMA, model_type="qwen3", num_attention_heads=4, head_dim_=14)),
+}
+
+
+def random_model(family: str = "gpt2"):
+    """Non-zero biases and norm weights, so every term of the block math is exercised."""
+    config_class, shape = SHAPES[family]
     torch.manual_seed(0)
-    cfg = GPTConfig(**{**dict(vocab_size=333, n_positions=40, n_embd=36, n_layer=3, n_head=3, n_inner=100), **shape})
-    model = GPT(cfg).eval()
+    model = (GPT if config_class is GPTConfig else Llama)(config_class(**shape)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
     return model
 
 
-def test_step_equals_pytorch_forward_with_padding_and_reorder():
-    assert fast.library() is not None
-    model = random_model()
+def c_decoder(model):
     decoder = fast.FastDecoder.for_model(model, fast.library())
     decoder.bind(lambda: model.lm_head.weight.detach().t().contiguous())
+    return decoder
+
+
+@pytest.mark.parametrize("family", SHAPES)
+def test_step_equals_pytorch_forward_with_padding_and_reorder(family):
+    assert fast.library() is not None
+    model = random_model(family)
+    assert fast.FastDecoder.supports(model)
+    decoder = c_decoder(model)
     B, P, total = 3, 7, 12
     padding = torch.ones(B, total, dtype=torch.bool)
     padding[0, :4], padding[1, :1] = False, False  # left padding of different lengths
@@ -64,12 +89,12 @@ def test_step_equals_pytorch_forward_with_padding_and_reorder():
             nxt = nxt + 1
 
 
-def test_prefill_equals_pytorch_forward_with_padding():
+@pytest.mark.parametrize("family", SHAPES)
+def test_prefill_equals_pytorch_forward_with_padding(family):
     """Short prompts go through the C forward too: every token of every row at once, causal
     within its row, pad tokens hidden, logits of the last position only."""
-    model = random_model()
-    decoder = fast.FastDecoder.for_model(model, fast.library())
-    decoder.bind(lambda: model.lm_head.weight.detach().t().contiguous())
+    model = random_model(family)
+    decoder = c_decoder(model)
     B, P, total = 3, 6, 10
     padding = torch.ones(B, total, dtype=torch.bool)
     padding[0, :3], padding[2, :1] = False, False
@@ -85,14 +110,28 @@ def test_prefill_equals_pytorch_forward_with_padding():
     torch.testing.assert_close(ours.v[:, :, :, :P], ref.v[:, :, :, :P], atol=2e-5, rtol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def llama_checkpoint(tmp_path_factory, tiny_tokenizer):
+    """A random Qwen2-style folder (grouped-query attention, q/k/v biases, tied head)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(model_type="qwen2", vocab_size=tiny_tokenizer.vocab_size, max_position_embeddings=128,
+                      hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=tiny_tokenizer.eos_id,
+                      eos_token_id=tiny_tokenizer.eos_id)
+    out = tmp_path_factory.mktemp("ckpt") / "qwen2"
+    save_checkpoint(out, Llama(cfg), tiny_tokenizer, {"stage": "pretrain"})
+    return out
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
 @pytest.mark.parametrize("controls", [
     dict(),
     dict(repetition_penalty=1.3, no_repeat_ngram_size=2),
     dict(num_beams=3, num_return_sequences=2, length_penalty=0.8),
     dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.8, seed=3),
 ], ids=["greedy", "penalties", "beam", "sample"])
-def test_engine_tokens_equal_with_and_without_the_c_step(tiny_checkpoint, controls):
-    ckpt = load_checkpoint(tiny_checkpoint)
+def test_engine_tokens_equal_with_and_without_the_c_step(request, family, controls):
+    ckpt = load_checkpoint(request.getfixturevalue("tiny_checkpoint" if family == "gpt2" else "llama_checkpoint"))
     with torch.no_grad():
         for p in ckpt.model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
