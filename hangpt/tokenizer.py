@@ -2,8 +2,8 @@
 BPE as GPT-2/Llama 3/Qwen, SentencePiece-style as KoGPT2/Llama 2/Mistral) with its special tokens.
 
 Built on the Hugging Face `tokenizers` library (fast, and the tokenizer.json it writes is what
-`AutoTokenizer` reads). Text is NFC-normalized first, so Korean typed on a Mac (decomposed jamo)
-tokenizes like Korean typed anywhere else.
+`AutoTokenizer` reads). A tokenizer trained here NFC-normalizes text first, so Korean typed on a
+Mac (decomposed jamo) tokenizes like Korean typed anywhere else.
 """
 
 from __future__ import annotations
