@@ -59,6 +59,32 @@ def assert_loads_in_transformers(folder, model_type="qwen2"):
     assert model.config.model_type == model_type
 
 
+def assert_same_logits_and_special_tokens(folder, base):
+    """transformers reads the folder hangpt wrote as hangpt does (same logits), and its tokenizer
+    keeps the base's special tokens (plus the chat role tokens SFT added)."""
+    from hangpt.checkpoint import load_checkpoint
+
+    ours = load_checkpoint(folder).model
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.tensor([[5, 9, 13, 21, 30, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, atol=1e-4, rtol=1e-4)
+    tok, base_tok = (transformers.AutoTokenizer.from_pretrained(f) for f in (folder, base))
+    for name in ("bos_token", "eos_token", "unk_token"):
+        assert getattr(tok, name) == getattr(base_tok, name), name
+    assert tok.eos_token_id == base_tok.eos_token_id
+
+
+def test_chat(llama, data, capsys, monkeypatch, tmp_path):
+    import io
+
+    run(capsys, "sft", "--model", llama, "--data", data / "qa.csv", "--out", tmp_path / "sft", "--max-steps", 2,
+        "--batch-size", 4, "--val-fraction", 0)
+    monkeypatch.setattr("sys.stdin", io.StringIO("배고파\n/quit\n"))
+    out = run(capsys, "chat", "--model", tmp_path / "sft", "--greedy", "--max-new-tokens", 4)
+    assert len(out.splitlines()) == 1  # one answer, then /quit
+
+
 def test_generate_eval_inspect(llama, data, capsys, tmp_path):
     out = json.loads(run(capsys, "generate", "--model", llama, "--prompt", "배고파", "--max-new-tokens", 5, "--json"))
     assert len(out["completions"][0]["token_ids"]) <= 5
@@ -95,6 +121,7 @@ def test_training_stages_write_the_same_family(llama, data, capsys, tmp_path):
     run(capsys, "sft", "--model", llama, "--data", data / "qa.csv", "--out", tmp_path / "sft", "--max-steps", 3,
         "--batch-size", 4, "--val-fraction", 0)
     assert_loads_in_transformers(tmp_path / "sft")
+    assert_same_logits_and_special_tokens(tmp_path / "sft", llama)
     chat = json.loads(run(capsys, "generate", "--model", tmp_path / "sft", "--prompt", "추워", "--chat",
                           "--max-new-tokens", 4, "--json"))
     assert "completions" in chat
@@ -143,6 +170,7 @@ def test_serve_chat_completion(llama):
 
     with running_server(llama, max_tokens_limit=16) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
-        r = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "배고파"}],
+        name = client.models.list().data[0].id
+        r = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "배고파"}],
                                            max_tokens=4, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens <= 4
