@@ -300,7 +300,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             return torch.load(pt, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
-            raise InputError(f"{pt}: unreadable weights file ({type(e).__name__})") from None
+            raise InputError(f"{pt}: unreadable weights file (not a plain PyTorch state dict)") from None
     raise InputError(f"{path}: no model.safetensors (or shards with model.safetensors.index.json) "
                      f"or pytorch_model.bin in this folder")
 
@@ -339,7 +339,7 @@ def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
             out[name] = flat.view(info["shape"])
         return out
     except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
-        raise InputError(f"{file}: unreadable safetensors file ({type(e).__name__}: {e})") from None
+        raise InputError(f"{file}: unreadable safetensors file ({e or 'truncated'})") from None
 
 
 MAX_SHARD_BYTES = 5 * 2**30  # transformers' default shard size

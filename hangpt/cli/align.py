@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import (device_option, log, lora_options, print_json, require_model, sampling_options, sampling_settings,
+from .options import (Number, device_option, log, lora_options, print_json, require_model, sampling_options, sampling_settings,
                       train_config, training_options)
 
 _PREFS_HELP = ("Preference file: JSONL/JSON array of {prompt, chosen, rejected[, margin]} or KoChatGPT's "
@@ -130,7 +130,7 @@ def make_pairs_cmd(data, out, rejected, question_column, answer_column, seed, as
 @click.option("--model", default=None, help="SFT checkpoint to align (also the frozen reference).")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help=_PREFS_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the aligned model to.")
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+@click.option("--beta", type=Number(min=0, min_open=True), default=0.1, show_default=True,
               help="Strength of the pull towards the reference (higher = stay closer).")
 @training_options
 @lora_options
@@ -168,13 +168,13 @@ def dpo(model, data, out, beta, as_json, **opts):
               help="Rollouts per gradient step (--batch-size rollouts are sampled per PPO step).")
 @click.option("--ppo-epochs", type=click.IntRange(min=1), default=4, show_default=True, help="Passes over each batch of rollouts.")
 @sampling_options
-@click.option("--kl-coef", type=click.FloatRange(min=0), default=0.05, show_default=True,
+@click.option("--kl-coef", type=Number(min=0), default=0.05, show_default=True,
               help="Per-token penalty on log pi - log pi_ref.")
-@click.option("--gamma", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="GAE discount.")
-@click.option("--lam", type=click.FloatRange(0, 1), default=0.95, show_default=True, help="GAE lambda.")
-@click.option("--clip-range", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True)
-@click.option("--clip-range-value", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True)
-@click.option("--vf-coef", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Weight of the value loss.")
+@click.option("--gamma", type=Number(0, 1), default=1.0, show_default=True, help="GAE discount.")
+@click.option("--lam", type=Number(0, 1), default=0.95, show_default=True, help="GAE lambda.")
+@click.option("--clip-range", type=Number(min=0, min_open=True), default=0.2, show_default=True)
+@click.option("--clip-range-value", type=Number(min=0, min_open=True), default=0.2, show_default=True)
+@click.option("--vf-coef", type=Number(min=0), default=0.1, show_default=True, help="Weight of the value loss.")
 @training_options
 @lora_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")

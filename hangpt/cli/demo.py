@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import click
 
-from .options import print_json
+from .options import Number, print_json
 
 
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
               help="Run folder: one checkpoint folder per stage, report.md and its plots.")
-@click.option("--minutes", type=click.FloatRange(min=0.05), default=None,
+@click.option("--minutes", type=Number(min=0.05), default=None,
               help="Fit the run into about this many minutes by scaling every stage's steps down (measured "
                    "speed); the report says which stages then got less training than the demo needs.")
-@click.option("--work", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+@click.option("--work", type=Number(min=0.01), default=1.0, show_default=True,
               help="Multiply every stage's steps (2 = twice the training).")
 @click.option("--base", default=None,
               help="Skip pretraining and fine-tune this model instead (a checkpoint folder, or a hub id "

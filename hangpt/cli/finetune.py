@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import (device_option, generation_config_from_options, generation_options, log, lora_options,
+from .options import (Number, device_option, generation_config_from_options, generation_options, log, lora_options,
                       print_evaluation, print_json, require_model, train_config, training_options)
 
 
@@ -147,9 +147,9 @@ def classify():
               help="TSV (NSMC: id, document, label; quoting off) or CSV with a header row.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the classifier to.")
 @_data_options
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+@click.option("--dropout", type=Number(0, 1, max_open=True), default=0.1, show_default=True,
               help="Dropout while fine-tuning (GPT-1's value).")
-@click.option("--lm-coef", type=click.FloatRange(min=0), default=0.5, show_default=True,
+@click.option("--lm-coef", type=Number(min=0), default=0.5, show_default=True,
               help="Weight of GPT-1's auxiliary next-token loss on the texts (0 = off).")
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")

@@ -106,9 +106,9 @@ def lora_options(f):
     options = [
         click.option("--lora-r", type=click.IntRange(min=1), default=None,
                      help="Train LoRA adapters of this rank instead of every weight."),
-        click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True), default=None,
+        click.option("--lora-alpha", type=Number(min=0, min_open=True), default=None,
                      help="LoRA scaling numerator: updates are scaled by alpha / r [2 x r]."),
-        click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+        click.option("--lora-dropout", type=Number(0, 1, max_open=True), default=0.05, show_default=True,
                      help="Dropout on the adapters' input."),
         click.option("--lora-targets", default=None, callback=_lora_targets,
                      help="Comma-separated layer names to adapt, or all-linear [PEFT's default for the family: "

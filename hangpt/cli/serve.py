@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import device_option, print_json
+from .options import device_option, log, print_json
 
 
 @click.command()
@@ -103,11 +103,19 @@ def inspect(model, text, top_k, out, layer, head, graph, device, as_json):
     from pathlib import Path
 
     from ..checkpoint import load_checkpoint
+    from ..errors import InputError
     from ..inspect import inspect_text, parameter_summary, plot_attention, plot_attention_grid, plot_graph
 
     ckpt = load_checkpoint(model)
     ckpt.model.to(device)
     found = inspect_text(ckpt.model, ckpt.tokenizer, text, top_k=top_k)
+    n_layers, n_heads = len(found.attentions), found.attentions[0].shape[0]
+    for flag, value, count in (("--layer", layer, n_layers), ("--head", head, n_heads)):
+        if value is not None and not 0 <= value < count:
+            raise InputError(f"{flag} {value}: the model has {count} {flag[2:]}s (0..{count - 1})")
+    n_tokens = len(ckpt.tokenizer.encode(text))
+    if n_tokens > len(found.ids):
+        log(f"note: the text has {n_tokens} tokens; only the last {len(found.ids)} (the model's context) are shown")
     params = parameter_summary(ckpt.model)
     images: list[str] = []
     if out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import print_json
+from .options import Number, print_json
 
 
 @click.group()
@@ -17,7 +17,7 @@ def tokenizer():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write tokenizer.json into.")
 @click.option("--vocab-size", type=click.IntRange(min=64), default=8192, show_default=True)
 @click.option("--min-frequency", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.02, show_default=True,
+@click.option("--val-fraction", type=Number(0, 0.5), default=0.02, show_default=True,
               help="Every Nth line is held out to report bytes per token on unseen text.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train(data, out, vocab_size, min_frequency, val_fraction, as_json):

@@ -3,6 +3,8 @@ file; this module maps config.json's `model_type` to the family and builds model
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import InputError
 from . import gpt2, llama
 from .gpt2 import GPT, GPTConfig
@@ -26,7 +28,22 @@ def config_from_hf(d: dict):
     if model_type not in FAMILIES:
         raise InputError(f"config.json: model_type {model_type!r} is not supported "
                          f"(supported: {', '.join(FAMILIES)})")
-    return FAMILIES[model_type][0].from_hf_dict(d)
+    config_class = FAMILIES[model_type][0]
+    _check_types(d, config_class)
+    return config_class.from_hf_dict(d)
+
+
+def _check_types(d: dict, config_class) -> None:
+    """A config.json number of the wrong type (a string width, a list) named here, not deep inside
+    the model as a TypeError."""
+    number = {"int": lambda v: isinstance(v, int), "float": lambda v: isinstance(v, (int, float))}
+    for f in dataclasses.fields(config_class):
+        kind = f.type.removesuffix(" | None")
+        if f.name not in d or kind not in number or (d[f.name] is None and f.type.endswith("None")):
+            continue
+        if isinstance(d[f.name], bool) or not number[kind](d[f.name]):
+            raise InputError(f"config.json: {f.name} must be {'an integer' if kind == 'int' else 'a number'}, "
+                             f"not {d[f.name]!r}")
 
 
 def build_model(config) -> CausalLM:
