@@ -418,6 +418,10 @@ class Trainer(ResumableRun):
                 self.history.append({"step": self.step, **{k: round(v, 6) for k, v in avg.items()}})
                 bar.set_postfix(loss=f"{avg['loss']:.3f}", tok_s=f"{avg['tokens_per_s']:.0f}", lr=f"{lr:.1e}")
                 window = []
+                if bar.disable and self.rank == 0 and self.step % (10 * self.cfg.log_every) == 0:  # plain lines
+                    of = f"/{self.total_steps}" if self.total_steps else ""
+                    print(f"{self.stage} step {self.step}{of}: loss {avg['loss']:.3f}, "
+                          f"{avg['tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
             if self.eval_fn and self.step % self.cfg.eval_every == 0 and self.progress() < 1.0:
                 self.history.append({"step": self.step, **self._evaluate()})
                 if self.rank == 0:
