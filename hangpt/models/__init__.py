@@ -8,6 +8,8 @@ import dataclasses
 from ..errors import InputError
 from . import gpt2, llama
 from .gpt2 import GPT, GPTConfig
+from .gpt_neox import GPTNeoX, GPTNeoXConfig
+from .gptj import GPTJ, GPTJConfig
 from .layers import CausalLM, KVCache, ModelOutput, attention_mask_for
 from .llama import Llama, LlamaConfig
 
@@ -15,6 +17,8 @@ from .llama import Llama, LlamaConfig
 FAMILIES = {
     "gpt2": (GPTConfig, GPT),
     **{name: (LlamaConfig, Llama) for name in llama.MODEL_TYPES},
+    "gptj": (GPTJConfig, GPTJ),
+    "gpt_neox": (GPTNeoXConfig, GPTNeoX),
 }
 # --arch -> the presets of that architecture
 ARCHITECTURES = {"gpt2": gpt2.PRESETS, "llama": llama.PRESETS}
@@ -62,5 +66,6 @@ def preset_config(name: str, arch: str = "gpt2", **overrides):
     return config_class(**{**presets[name], **overrides})
 
 
-__all__ = ["ARCHITECTURES", "FAMILIES", "GPT", "GPTConfig", "CausalLM", "KVCache", "Llama", "LlamaConfig",
+__all__ = ["ARCHITECTURES", "FAMILIES", "GPT", "GPTConfig", "GPTJ", "GPTJConfig", "GPTNeoX", "GPTNeoXConfig",
+           "CausalLM", "KVCache", "Llama", "LlamaConfig",
            "ModelOutput", "attention_mask_for", "build_model", "config_from_hf", "preset_config"]

@@ -9,7 +9,9 @@ the `CausalLM` interface defined here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -174,11 +176,16 @@ def rope_frequencies(dim: int, theta: float, scaling: dict | None) -> torch.Tens
 
 
 class Rotary(nn.Module):
-    """cos/sin tables for given positions, (B, T, dim), in float32 then cast like transformers."""
+    """cos/sin tables for given positions, (B, T, dim), in float32 then cast like transformers.
 
-    def __init__(self, dim: int, theta: float, scaling: dict | None = None):
+    interleaved: GPT-J's layout, each frequency repeated for the pair (2i, 2i+1) it rotates,
+    instead of the "rotate half" layout's pair (i, i + dim/2).
+    """
+
+    def __init__(self, dim: int, theta: float, scaling: dict | None = None, interleaved: bool = False):
         super().__init__()
         self.settings = (dim, theta, scaling)
+        self.interleaved = interleaved
         self.register_buffer("inv_freq", rope_frequencies(*self.settings), persistent=False)
 
     def reset(self) -> None:
@@ -186,7 +193,7 @@ class Rotary(nn.Module):
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[..., None] * self.inv_freq  # (B|1, T, dim/2)
-        angles = torch.cat((freqs, freqs), dim=-1)
+        angles = freqs.repeat_interleave(2, dim=-1) if self.interleaved else torch.cat((freqs, freqs), dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -195,10 +202,50 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, H, T, D) by position (the "rotate half" layout of Llama and GPT-NeoX)."""
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """Rotate x (B, H, T, D) by position: the "rotate half" layout of Llama and GPT-NeoX, or GPT-J's
+    interleaved one (with tables from an interleaved Rotary). Only the first cos.shape[-1] dims
+    turn when the tables are narrower than D (GPT-J's rotary_dim, GPT-NeoX's rotary_pct)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos + rotate_half(x) * sin
+    d = cos.shape[-1]
+    turning = x if d == x.shape[-1] else x[..., :d]
+    turned = turning * cos + (rotate_every_two(turning) if interleaved else rotate_half(turning)) * sin
+    return turned if turning is x else torch.cat((turned, x[..., d:]), dim=-1)
+
+
+# config.json's activation names (transformers' ACT2FN) for the families' MLPs; gelu_new is the tanh
+# approximation GPT-2 and GPT-J were trained with
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def config_from_dict(cls, d: dict):
+    """A family's config dataclass from the config.json keys it has fields for (others are ignored);
+    a value the dataclass refuses is one error line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in d.items() if k in names})
+    except TypeError as e:
+        from ..errors import InputError
+
+        raise InputError(f"config.json: {e}") from None
+
+
+def normal_init(module: nn.Module, std: float = 0.02) -> None:
+    """transformers' initialisation of a fresh model: N(0, std) Linear and Embedding weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
 
 
 class CausalLM(nn.Module):

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .layers import CausalLM, KVCache, RMSNorm, Rotary, apply_rotary, attend
+from .layers import CausalLM, KVCache, RMSNorm, Rotary, apply_rotary, attend, normal_init
 
 MODEL_TYPES = {
     "llama": "LlamaForCausalLM",
@@ -232,14 +232,7 @@ class Llama(CausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(normal_init)
 
     @property
     def blocks(self) -> nn.ModuleList:
