@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from hangpt.checkpoint import load_checkpoint, save_checkpoint
 from hangpt.cli import main
 from hangpt.models.lora import add_lora, has_lora
+from test_model_golden import _hf_tiny
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -21,16 +22,8 @@ ALL = ["c_attn", "c_proj", "c_fc"]
 
 
 def _hf_gpt2(folder, tokenizer):
-    """A random tiny GPT-2 saved by transformers (with non-trivial biases), plus our tokenizer."""
-    torch.manual_seed(1)
-    cfg = transformers.GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                                  bos_token_id=0, eos_token_id=0)
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    hf.save_pretrained(folder)
-    tokenizer.save(folder)
+    """A random tiny GPT-2 saved by transformers (non-trivial biases), with our tokenizer."""
+    _hf_tiny(folder, tokenizer)
     return folder
 
 
