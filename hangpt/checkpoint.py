@@ -159,7 +159,7 @@ def load_train_state(path: str | Path) -> dict | None:
 
 def save_checkpoint(
     out_dir: str | Path,
-    model: GPT,
+    model: CausalLM,
     tokenizer: Tokenizer,
     meta: dict,
     *,
