@@ -68,8 +68,11 @@ class Engine:
 
     def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on the last hidden state of each row: (B, n_embd) -> float32 (B, V)."""
+        head = self.model.lm_head
         if self.device.type != "cpu":
-            return self.model.lm_head(hidden).float()
+            return head(hidden).float()
+        if head.bias is not None:  # GPT-J's head has one
+            return torch.addmm(head.bias, hidden, self.head_matrix()).float()
         return (hidden @ self.head_matrix()).float()
 
     def utf8_mask(self) -> Utf8Mask:

@@ -86,7 +86,7 @@ def target_names(model: nn.Module, targets: list[str] | str | None) -> list[str]
     names = []
     for name, module in model.named_modules():
         if targets == ALL_LINEAR:
-            hit = is_linear(module) and name.rpartition(".")[2] != "lm_head"
+            hit = is_linear(module) and module is not model.lm_head  # GPT-NeoX's head is embed_out
         elif isinstance(targets, str):
             hit = re.fullmatch(targets, name) is not None
         else:
