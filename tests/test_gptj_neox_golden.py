@@ -159,3 +159,28 @@ def test_sft_and_generate_commands(variant, tiny_tokenizer, tmp_path, capsys):
     out = json.loads(run(capsys, "generate", "--model", tmp_path / "sft", "--prompt", "배고파", "--chat",
                          "--max-new-tokens", 5, "--json"))
     assert len(out["completions"][0]["token_ids"]) <= 5
+
+
+@pytest.mark.parametrize("variant", ["gptj", "neox-parallel-quarter-rotary"])
+@pytest.mark.parametrize("targets", [None, "all-linear"])
+def test_lora_adapter_matches_peft(variant, targets, tmp_path, tiny_tokenizer):
+    """LoRA on both families (PEFT's default targets, or every linear layer but the head): PEFT loads
+    hangpt's adapter with the same logits and counts the same trainable parameters."""
+    peft = pytest.importorskip("peft")
+    from hangpt.models.lora import add_lora
+
+    base = tmp_path / "base"
+    make_folder(base, tiny_tokenizer, variant)
+    ckpt = load_checkpoint(base, dtype="float32")
+    params = add_lora(ckpt.model, r=4, alpha=8, targets=targets)
+    with torch.no_grad():  # B starts at zero: make the adapter do something
+        for p in params:
+            p.normal_(0, 0.1)
+    save_checkpoint(tmp_path / "adapter", ckpt.model, ckpt.tokenizer, {"stage": "sft", "base_model": {"path": str(base)}})
+    hf = lambda: transformers.AutoModelForCausalLM.from_pretrained(base)  # noqa: E731
+    theirs = peft.PeftModel.from_pretrained(hf(), tmp_path / "adapter").eval()
+    ids = torch.randint(0, tiny_tokenizer.vocab_size, (2, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.model.eval()(ids).logits, theirs(ids).logits, atol=1e-4, rtol=1e-4)
+    fresh = peft.get_peft_model(hf(), peft.LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"))
+    assert sum(p.numel() for p in params) == fresh.get_nb_trainable_parameters()[0]
