@@ -2,31 +2,80 @@
 and its figure, and the report ties them together."""
 
 import json
+import shutil
 
-from hangpt.checkpoint import load_checkpoint
-from hangpt.cli import main
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hangpt.checkpoint import load_checkpoint, save_checkpoint
+from hangpt.cli import cli, main
+from hangpt.demo import Demo, embedded_data
 
 
-def test_demo_runs_every_stage(tmp_path, capsys):
-    out = tmp_path / "demo"
-    try:
-        main(["demo", "--minutes", "0.1", "--no-serve", "--eval-prompts", "4", "--out", str(out), "--json"])
-    except SystemExit as e:
-        assert e.code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """The demo with a budget far below its recipe: every stage runs a few steps."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["demo", "--minutes", "0.1", "--no-serve", "--eval-prompts", "6", "--out", str(out),
+                                  "--json"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def test_demo_runs_every_stage(tiny_demo):
+    out, summary, log = tiny_demo
     figures = summary["figures"]
     for stage in ("pretrain", "sft", "rm", "dpo", "ppo"):
         ckpt = load_checkpoint(out / stage)
         assert ckpt.meta["stage"] == stage
         assert not (out / stage / "train_state.pt").exists()  # finished runs keep no optimizer state
     for key in ("tokenizer_bytes_per_token", "pretrain_val_bpb", "sft_val_answer_loss", "rm_val_accuracy",
-                "dpo_val_accuracy", "ppo_train_reward", "sft_heldout_reward", "dpo_heldout_kl", "ppo_heldout_kl"):
+                "dpo_val_accuracy", "ppo_train_reward", "sft_heldout_reward", "dpo_heldout_kl", "ppo_heldout_kl",
+                "sft_distinct_answers", "ppo_on_topic", "ppo_replacement_chars", "expected_minutes"):
         assert isinstance(figures[key], (int, float)), key
     assert 0 <= figures["rm_val_accuracy"] <= 1
     assert figures["preference_pairs"] > 400
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "validation bits per byte" in report and "ppo/reward_curve.png" in report
     assert (out / "pretrain" / "loss_curve.png").stat().st_size > 1000
+    # the plan is printed up front with an expected time, and each stage with its steps and ETA
+    assert "expected about" in log and "steps, about" in log and "done by ~" in log
+
+
+def test_short_budget_is_reported_with_the_command_that_fixes_it(tiny_demo):
+    out, summary, log = tiny_demo
+    figures = summary["figures"]
+    assert figures["pretrain_steps"] < 400  # scaled down to fit 0.1 minutes
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for text in (log, report):
+        assert "less training than the demo's quality needs" in text and "pretrain " in text
+        assert f"hangpt demo --out {out}" in text  # the same run without --minutes
+
+
+def test_report_flags_a_degenerate_model(tiny_demo, tmp_path):
+    """A chatbot built to give the same answer to every prompt is called degenerate, not presented."""
+    out, _, _ = tiny_demo
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    ckpt = load_checkpoint(out / "sft")
+    torch.manual_seed(0)
+    norm = ckpt.model.final_norm
+    norm.weight.data.zero_()  # the last hidden state no longer depends on the input
+    norm.bias.data.normal_()
+    for name in ("sft", "dpo", "ppo"):
+        shutil.rmtree(bad / name)
+        save_checkpoint(bad / name, ckpt.model, ckpt.tokenizer, {**ckpt.meta, "stage": name})
+    demo = Demo(bad, embedded_data(), eval_prompts=6)
+    demo.compare()
+    demo.write_report()
+    figures = demo.result.figures
+    assert figures["ppo_distinct_answers"] == 1 and figures["heldout_prompts"] == 6
+    report = (bad / "report.md").read_text(encoding="utf-8")
+    warning = report.split("## Warning")[1].split("Wall time")[0]
+    assert "the ppo chatbot's answers are degenerate: only 1 distinct answers to 6 prompts" in warning
+    assert "more training fixes this: hangpt demo" in warning
 
 
 def test_demo_export_data(tmp_path):
