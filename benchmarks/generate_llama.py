@@ -1,0 +1,147 @@
+"""Decoding speed of the Llama family: hangpt's engine vs `transformers.generate`, same weights, same run;
+and the peak memory of loading a Qwen2.5-0.5B-shaped checkpoint in bf16.
+
+    python benchmarks/generate_llama.py [--repeats 5] [--quick] [--skip-large]
+
+Random weights (no download), made by transformers from a config and saved once to a temp folder:
+a tiny Llama (4 layers x 256, GQA 4/2 heads, vocab 8192) and a model with Qwen2.5-0.5B's shape
+(hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocab 151936, tied head). Greedy,
+batch 1, no eos, so both decode exactly max_new_tokens. float32 (hangpt's fused C step), and
+bfloat16 where this CPU has native bf16 (hangpt's PyTorch forward: the C step is float32 only).
+Memory: a fresh process loads the bf16 folder with `load_checkpoint(folder, dtype="bfloat16")`;
+its peak resident set (ru_maxrss) minus its own peak after importing torch and hangpt, against the
+bytes of the weights; once right after loading, once after one generated token (every weight read).
+Prints a table and, last, `RESULT generate_llama ...` (medians of alternating repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from generate_throughput import run_case
+
+TINY = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=8192, max_position_embeddings=512, tie_word_embeddings=True)
+QWEN_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True,
+                rope_theta=1000000.0, rms_norm_eps=1e-6)
+
+MEMORY_PROBE = """
+import json, resource, sys, torch
+from hangpt.checkpoint import load_checkpoint
+from hangpt.engine import Engine, GenerationConfig
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ckpt = load_checkpoint(sys.argv[1], dtype="bfloat16")
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert ckpt.model.lm_head.weight.dtype == torch.bfloat16
+Engine(ckpt.model, ckpt.tokenizer).generate([[5, 6, 7]], GenerationConfig(max_new_tokens=1, eos_token_id=[]))
+used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"loaded_kb": loaded - base, "generated_kb": used - base}))
+"""
+
+
+def cpu_features() -> str:
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    return ", ".join(f"{f} {'yes' if f in flags.split() else 'no'}" for f in wanted)
+
+
+def build(folder: Path, model_type: str, shape: dict, dtype: torch.dtype = torch.float32) -> None:
+    """A random transformers model of this shape + a small tokenizer, saved to folder."""
+    import transformers
+
+    from hangpt.tokenizer import train_tokenizer
+
+    torch.manual_seed(0)
+    config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[model_type]
+    config = config_class(**shape, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.save_pretrained(folder)
+    train_tokenizer(iter(["오늘 날씨가 정말 좋네요. The stock market is unpredictable."] * 50), vocab_size=300).save(folder)
+
+
+def load_pair(folder: Path, dtype: torch.dtype):
+    import transformers
+
+    from hangpt.checkpoint import load_checkpoint
+    from hangpt.engine import Engine
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    ckpt = load_checkpoint(folder, dtype=str(dtype).removeprefix("torch."))
+    return hf, Engine(ckpt.model, ckpt.tokenizer)
+
+
+def weight_bytes(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            for name in f.keys():
+                t = f.get_slice(name)
+                total += torch.Size(t.get_shape()).numel() * {"BF16": 2, "F16": 2, "F32": 4}[t.get_dtype()]
+    return total
+
+
+def memory(folder: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(folder)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="Fewer tokens (a smoke run).")
+    parser.add_argument("--skip-large", action="store_true", help="Only the tiny model (no 2 GB temp folder).")
+    args = parser.parse_args()
+    import transformers
+
+    from hangpt.checkpoint import native_bf16
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    rng = torch.Generator().manual_seed(0)
+    prompt = [torch.randint(1, 8192, (16,), generator=rng).tolist()]
+    dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16() else [])
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads")
+    print(f"CPU: {cpu_features()}; native bf16: {'yes' if native_bf16() else 'no (bf16 rows skipped)'}")
+    print(f"{'case':<22} {'hangpt tok/s':>12} {'transformers tok/s':>16} {'ratio':>9}")
+    ratios, mem = {}, None
+    cases = [("tiny", "llama", TINY, 16 if args.quick else 64, args.repeats)]
+    if not args.skip_large:
+        cases.append(("qwen0.5b", "qwen2", QWEN_05B, 4 if args.quick else 16, max(2, args.repeats // 2 + 1)))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model_type, shape, new, repeats in cases:
+            folder = Path(tmp) / name
+            build(folder, model_type, shape)
+            for dtype in dtypes:
+                label = f"{name} {str(dtype).removeprefix('torch.')}"
+                hf, engine = load_pair(folder, dtype)
+                key = label.replace(" ", "_").replace("float32", "fp32").replace("bfloat16", "bf16").replace(".", "")
+                ratios[key], _ = run_case(label, hf, engine, prompt, new, repeats)
+                del hf, engine
+            if name == "qwen0.5b":
+                bf16_folder = Path(tmp) / "qwen0.5b-bf16"
+                build(bf16_folder, model_type, shape, torch.bfloat16)
+                size = weight_bytes(bf16_folder)
+                mem = memory(bf16_folder)
+                print(f"qwen0.5b bf16 weights {size / 2**20:.0f} MiB; peak RSS above a process with torch imported: "
+                      f"{mem['loaded_kb'] / 1024:.0f} MiB after load_checkpoint ({mem['loaded_kb'] * 1024 / size:.2f}x), "
+                      f"{mem['generated_kb'] / 1024:.0f} MiB after one generated token "
+                      f"({mem['generated_kb'] * 1024 / size:.2f}x)")
+                mem = (mem["loaded_kb"] * 1024 / size, mem["generated_kb"] * 1024 / size)
+    line = " ".join(f"{k}_ratio={v:.2f}" for k, v in ratios.items())
+    if mem is not None:
+        line += f" bf16_load_rss_ratio={mem[0]:.2f} bf16_first_token_rss_ratio={mem[1]:.2f}"
+    print("RESULT generate_llama " + line)
+
+
+if __name__ == "__main__":
+    main()
