@@ -432,6 +432,7 @@ class Demo:
         lines += ["", "Talk to the result: `hangpt chat --model " + str(self.out / "ppo") + "`"]
         (self.out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (self.out / "figures.json").write_text(json.dumps(self.result.figures, indent=2, ensure_ascii=False))
+        (self.out / "answers.json").write_text(json.dumps(self.result.samples, indent=1, ensure_ascii=False))
 
 
 def _fmt(v) -> str:

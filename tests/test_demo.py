@@ -95,3 +95,31 @@ def test_demo_data_dir_without_qa_is_one_line_error(tmp_path, capsys):
         assert e.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "Q and A" in err and len(err.splitlines()) == 1
+
+
+def test_demo_on_a_pretrained_base(tmp_path, tiny_tokenizer):
+    """--base skips pretraining and fine-tunes the given model: here a random KoGPT2-shaped folder
+    (GPT-2 architecture, KoGPT2's special tokens, tiny widths) written by transformers."""
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    base = tmp_path / "kogpt2-tiny"
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer.backend, bos_token="</s>", eos_token="</s>",
+                                     unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    hf_tok.save_pretrained(base)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(hf_tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(base)
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli, ["demo", "--base", str(base), "--minutes", "0.1", "--no-serve", "--eval-prompts",
+                                      "4", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout.strip().splitlines()[-1])["figures"]
+    assert not (out / "pretrain").exists() and "pretrain_steps" not in figures
+    sft = load_checkpoint(out / "sft")
+    assert sft.meta["stage"] == "sft" and sft.model.config.n_embd == 32  # the base's shape, fine-tuned
+    assert "</s>" in sft.tokenizer.backend.get_vocab()  # the base's tokenizer kept
+    for stage in ("rm", "dpo", "ppo"):
+        assert load_checkpoint(out / stage).meta["stage"] == stage
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert f"base model {base}" in report and "[1/7] sft" in result.stderr
