@@ -114,7 +114,7 @@ _MAX_SHOWN = 20  # terms/documents beyond this are summarised instead of printed
 @click.option("--data", type=click.Path(dir_okay=False), default=None, help="Text file: one document per non-empty line.")
 @click.option("--text", "texts", multiple=True, help="A document (repeatable), instead of --data.")
 @click.option("--tokens", type=click.Choice(["words", "morphs"]), default="words", show_default=True,
-              help="Terms: whitespace-separated words, or morphemes (kiwipiepy).")
+              help="Terms: whitespace-separated words, or content morphemes (kiwipiepy) without stopwords.")
 @click.option("--query", default=None, help="Rank the documents by cosine similarity to this text.")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Top terms per document.")
 @click.option("--norm/--no-norm", default=True, show_default=True,
@@ -124,13 +124,18 @@ def tfidf(data, texts, tokens, query, top, norm, as_json):
     """TF-IDF of a few documents: df, idf, the matrix, top terms per document, cosine similarity."""
     from ..data.text import iter_documents
     from ..errors import InputError
-    from ..nlp.morphology import tokenize
+    from ..nlp.morphology import load_stopwords, tokenize
     from ..nlp.tfidf import cosine, fit_tfidf
 
     docs = list(texts) + (list(iter_documents([data])) if data else [])
     if len(docs) < 2:
         raise InputError("give at least 2 documents (--data FILE with one per line, or --text repeated)")
-    split = (lambda ds: [d.split() for d in ds]) if tokens == "words" else (lambda ds: tokenize(ds, hangul_only=False))
+    def split(ds: list[str]) -> list[list[str]]:
+        if tokens == "words":
+            return [d.split() for d in ds]
+        # content morphemes without stopwords: particles and endings would top every document
+        return tokenize(ds, keep="content", stopwords=load_stopwords("ko"))
+
     model = fit_tfidf(split(docs), norm="l2" if norm else None)
     similarity = cosine(model.matrix, model.matrix)
     ranked = None

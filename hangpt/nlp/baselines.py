@@ -30,10 +30,12 @@ class Baseline:
     tokenization: dict = field(default_factory=dict)  # morphology.tokenize settings (a word2vec model's)
     info: dict = field(default_factory=dict)  # e.g. word2vec training time
 
-    def featurize(self, texts: list[str]):
+    def featurize(self, texts: list[str], tokens: list[list[str]] | None = None):
+        """Feature rows of texts; `tokens`: their words, when already tokenized with self.tokenization."""
         if self.features == "tfidf-char":
             return self.vectorizer.transform(texts)
-        tokens = morphology.tokenize(texts, **self.tokenization)
+        if tokens is None:
+            tokens = morphology.tokenize(texts, **self.tokenization)
         if self.features == "tfidf-morphs":
             return self.vectorizer.transform(tokens)
         return word2vec.mean_vectors(self.wv, tokens)
@@ -43,30 +45,36 @@ class Baseline:
 
 
 def train_baseline(texts: list[str], labels: list[str], features: str, *, wv=None, tokenization: dict | None = None,
-                   seed: int = 0, log=lambda message: None) -> Baseline:
+                   tokens: list[list[str]] | None = None, seed: int = 0, log=lambda message: None) -> Baseline:
     """Fit the features on the training texts, then a logistic regression on them.
 
     For w2v-mean, word2vec is trained on the training texts unless trained vectors `wv` are given
-    (with the `tokenization` they were trained with)."""
+    (with the `tokenization` they were trained with). `tokens`: the texts' words under that
+    tokenization, when already computed (morpheme analysis is the slow part)."""
     import time
 
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     if features not in FEATURES:
         raise InputError(f"--features {features}: choose one of {', '.join(FEATURES)}")
     label_set = sorted(set(labels))
     if len(label_set) < 2:
         raise InputError(f"the training data has a single label ({label_set[0]!r}); a classifier needs two or more")
-    baseline = Baseline(features, label_set, LogisticRegression(C=1.0, max_iter=2000, random_state=seed),
-                        tokenization=tokenization or {})
+    classifier = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    if features == "w2v-mean":  # dense averages vary little: put every dimension on the same scale first
+        classifier = make_pipeline(StandardScaler(), classifier)
+    baseline = Baseline(features, label_set, classifier, tokenization=tokenization or {})
     if features == "tfidf-char":
         baseline.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), min_df=2, sublinear_tf=True,
                                               max_features=400_000)
         x = baseline.vectorizer.fit_transform(texts)
     else:
-        log(f"analysing the morphemes of {len(texts)} texts")
-        tokens = morphology.tokenize(texts, **baseline.tokenization)
+        if tokens is None:
+            log(f"analysing the morphemes of {len(texts)} texts")
+            tokens = morphology.tokenize(texts, **baseline.tokenization)
         if features == "tfidf-morphs":
             baseline.vectorizer = vectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
             x = baseline.vectorizer.fit_transform(tokens)
@@ -83,7 +91,8 @@ def train_baseline(texts: list[str], labels: list[str], features: str, *, wv=Non
     return baseline
 
 
-def evaluate_baseline(baseline: Baseline, texts: list[str], labels: list[str], where: str = "test data") -> dict:
+def evaluate_baseline(baseline: Baseline, texts: list[str], labels: list[str], where: str = "test data",
+                      tokens: list[list[str]] | None = None) -> dict:
     """Accuracy and confusion matrix (rows = true label, columns = predicted), as `classify eval`."""
     unknown = sorted(set(labels) - set(baseline.labels))
     if unknown:
@@ -91,7 +100,7 @@ def evaluate_baseline(baseline: Baseline, texts: list[str], labels: list[str], w
                          f"(known: {', '.join(baseline.labels)})")
     index = {label: i for i, label in enumerate(baseline.labels)}
     y = np.array([index[label] for label in labels])
-    pred = baseline.classifier.predict(baseline.featurize(texts))
+    pred = baseline.classifier.predict(baseline.featurize(texts, tokens))
     n = len(baseline.labels)
     confusion = np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
     return {"accuracy": float((pred == y).mean()), "n": len(labels), "confusion": confusion.tolist()}

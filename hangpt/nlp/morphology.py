@@ -82,7 +82,12 @@ def tokenize(texts: Iterable[str], *, stem: bool = False, keep: str = "all", sto
     """Each text as the list of words the classic methods count: morphemes (lemmas with stem).
 
     hangul_only applies `clean` first (punctuation, digits and Latin letters go)."""
+    return words(analyze(clean(t) if hangul_only else t for t in texts), stem=stem, keep=keep, stopwords=stopwords)
+
+
+def words(analyses: list[list[Morph]], *, stem: bool = False, keep: str = "all",
+          stopwords: Iterable[str] = ()) -> list[list[str]]:
+    """tokenize() on texts already analysed: one analysis can serve several settings."""
     stopwords = frozenset(stopwords)
-    texts = [clean(t) if hangul_only else t for t in texts]
     return [[m.lemma if stem else m.form for m in select(ms, stem=stem, keep=keep, stopwords=stopwords)]
-            for ms in analyze(texts)]
+            for ms in analyses]
