@@ -158,6 +158,8 @@ def _generation_flags() -> dict:
         "logprobs": click.option("--logprobs", type=int, default=None, help="Report each token's logprob and the N most likely alternatives."),
         "seed": click.option("--seed", type=click.IntRange(-2**63, 2**63 - 1), default=None,
                      help="Random seed (sampling repeats exactly)."),
+        "valid_utf8": click.option("--valid-utf8", is_flag=True, default=None,
+                                   help="Only tokens that keep the text valid UTF-8 (no half-written characters)."),
     }
 
 
@@ -183,7 +185,8 @@ def sampling_options(f):
 
 GENERATION_FLAGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                     "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "num_beams", "length_penalty",
-                    "early_stopping", "num_return_sequences", "eos_token_id", "stop", "logit_bias", "logprobs", "seed")
+                    "early_stopping", "num_return_sequences", "eos_token_id", "stop", "logit_bias", "logprobs", "seed",
+                    "valid_utf8")
 SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
                   "presence_penalty", "no_repeat_ngram_size", "logit_bias")
 

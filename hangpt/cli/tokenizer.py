@@ -18,7 +18,7 @@ def tokenizer():
 @click.option("--vocab-size", type=click.IntRange(min=64), default=8192, show_default=True)
 @click.option("--min-frequency", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--val-fraction", type=Number(0, 0.5), default=0.02, show_default=True,
-              help="Every Nth line is held out to report bytes per token on unseen text.")
+              help="Share of the lines held out to report bytes per token on unseen text (0.02: every 50th line).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train(data, out, vocab_size, min_frequency, val_fraction, as_json):
     """Train a tokenizer on text files or folders."""
@@ -38,6 +38,9 @@ def train(data, out, vocab_size, min_frequency, val_fraction, as_json):
                 yield line
 
     tok = train_tokenizer(training_lines(), vocab_size=vocab_size, min_frequency=min_frequency)
+    if tok.vocab_size < vocab_size:
+        click.echo(f"warning: the text has too few distinct pieces for {vocab_size} tokens (merges seen at least "
+                   f"{min_frequency} times); the vocabulary has {tok.vocab_size}", err=True)
     Path(out).mkdir(parents=True, exist_ok=True)
     tok.save(out)
     summary = {"out": out, "vocab_size": tok.vocab_size, "held_out_lines": len(held_out)}
