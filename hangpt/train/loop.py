@@ -28,7 +28,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from ..device import current_device
-from ..errors import InputError
+from ..errors import InputError, Interrupted
 from ..threads import ThreadPolicy
 
 
@@ -197,13 +197,17 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return OPTIMIZERS[cfg.optimizer](groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, fused=True)
 
 
-def loss_curve_png(history: list[dict], title: str) -> bytes:
+# what each stage's loss measures (the y axis of its curve); other stages: next-token cross-entropy
+LOSS_LABELS = {"rm": "pairwise loss  -log sigmoid(r_chosen - r_rejected)",
+               "dpo": "DPO loss  -log sigmoid(beta x log-ratio margin)",
+               "classify": "loss (classification + auxiliary LM)"}
+
+
+def loss_curve_png(history: list[dict], title: str, ylabel: str = "loss (nats/token)") -> bytes:
     """A PNG of training (and validation) loss against step."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
@@ -212,7 +216,7 @@ def loss_curve_png(history: list[dict], title: str) -> bytes:
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss", linewidth=1.5, markersize=3)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if train or val:  # nothing logged yet when a run stops in its first steps
@@ -232,6 +236,8 @@ class ResumableRun:
     """What every training run saves for an exact resume, and its summary; the Trainer and PPO
     (which has its own outer loop) share it. Needs step, elapsed, tokens, optimizer, batches, history."""
 
+    window: list[dict] | tuple = ()  # metrics of the steps since the last log line (PPO logs every step)
+
     def train_state(self) -> dict:
         return {
             "step": self.step,
@@ -242,6 +248,7 @@ class ResumableRun:
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
             "history": json.dumps(self.history),
+            "window": json.dumps(self.window),  # so the first log line after a resume averages the same steps
         }
 
     def load_train_state(self, state: dict) -> None:
@@ -251,13 +258,14 @@ class ResumableRun:
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         self.history = json.loads(state["history"])
+        self.window = json.loads(state.get("window", "[]"))
 
     def stop_if_requested(self, stop: "StepBoundaryStop", bar) -> None:
         """After a step: on Ctrl-C, save a resumable checkpoint and end with a one-line message."""
         if stop.requested:
             bar.close()
             self._save(final=False)
-            raise InputError(f"interrupted at step {self.step}; checkpoint saved in {self.cfg.out} "
+            raise Interrupted(f"interrupted at step {self.step}; checkpoint saved in {self.cfg.out} "
                              f"(continue with --resume)")
 
     def run_steps(self, loop: Callable[["StepBoundaryStop"], None], bar) -> None:
@@ -268,7 +276,7 @@ class ResumableRun:
                 loop(stop)
             except KeyboardInterrupt:
                 bar.close()
-                raise InputError(f"stopped during step {self.step + 1} without saving; {self.cfg.out} holds the "
+                raise Interrupted(f"stopped during step {self.step + 1} without saving; {self.cfg.out} holds the "
                                  f"last periodic checkpoint, if any (continue with --resume)") from None
         bar.close()
 
@@ -350,7 +358,8 @@ class Trainer(ResumableRun):
             return
         files = {
             "train_log.jsonl": "".join(json.dumps(h) + "\n" for h in self.history).encode(),
-            "loss_curve.png": loss_curve_png(self.history, f"hangpt {self.stage}"),
+            "loss_curve.png": loss_curve_png(self.history, f"hangpt {self.stage}",
+                                             LOSS_LABELS.get(self.stage, "loss (nats/token)")),
         }
         self.save_fn(self.cfg.out, None if final else self.train_state(), self.summary(), files)
 
@@ -390,7 +399,7 @@ class Trainer(ResumableRun):
         return self.summary()
 
     def _loop(self, model, bar, stop: StepBoundaryStop) -> None:
-        window: list[dict] = []  # step metrics since the last log line
+        window = self.window = list(self.window)
         threads = ThreadPolicy()  # busy machine: fewer threads may step faster (see hangpt/threads.py)
         while self.progress() < 1.0:
             threads.before()
@@ -417,7 +426,7 @@ class Trainer(ResumableRun):
                 avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                 self.history.append({"step": self.step, **{k: round(v, 6) for k, v in avg.items()}})
                 bar.set_postfix(loss=f"{avg['loss']:.3f}", tok_s=f"{avg['tokens_per_s']:.0f}", lr=f"{lr:.1e}")
-                window = []
+                window = self.window = []
                 if bar.disable and self.rank == 0 and self.step % (10 * self.cfg.log_every) == 0:  # plain lines
                     of = f"/{self.total_steps}" if self.total_steps else ""
                     print(f"{self.stage} step {self.step}{of}: loss {avg['loss']:.3f}, "

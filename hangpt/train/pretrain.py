@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import tempfile
 from itertools import islice
@@ -117,9 +118,23 @@ def _corpus_tokenizer(data, cache: Path, vocab_size: int, val_fraction: float, t
     return tok, info
 
 
-def pretrain(
+def pretrain(data: list[str], out: str | Path, cfg: TrainConfig, **options) -> dict | None:
+    """Pretrain (or continue pretraining) a GPT on text; returns the training summary (None on DDP
+    ranks other than 0). options: the keywords of _pretrain. A new run that fails before its first
+    checkpoint leaves no --out folder behind, not even its token cache."""
+    out = Path(out)
+    fresh = not out.exists()
+    try:
+        return _pretrain(data, out, cfg, **options)
+    except BaseException:
+        if fresh and not (out / "config.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _pretrain(
     data: list[str],
-    out: str | Path,
+    out: Path,
     cfg: TrainConfig,
     *,
     preset: str = "tiny",
@@ -131,9 +146,6 @@ def pretrain(
     text_column: str | None = None,
     overwrite: bool = False,
 ) -> dict | None:
-    """Pretrain (or continue pretraining) a GPT on text; returns the training summary (None on DDP
-    ranks other than 0)."""
-    out = Path(out)
     rank, world = distributed()
     cfg.overwrite = cfg.overwrite or overwrite
     state = resume_state(cfg)
@@ -163,7 +175,8 @@ def pretrain(
     if cfg.lr is None:
         cfg.lr = 1e-3 if model.config.hidden_size <= 512 else 3e-4
     shards: TokenShards = _rank0_first(
-        lambda: build_shards(data, tok, cache, val_fraction=val_fraction, text_column=text_column, log=_log))
+        lambda: build_shards(data, tok, cache, val_fraction=val_fraction, text_column=text_column, log=_log,
+                             progress=cfg.progress and rank == 0))
     info = shards.info
     if rank == 0:
         _log(f"data: {info['train']['tokens']:,} train tokens, {info['val']['tokens']:,} validation tokens "
