@@ -1,0 +1,77 @@
+"""The fast corpus encoder (tiktoken with the tokenizer's own merges) gives the Hugging Face
+tokenizer's ids exactly, and steps aside for tokenizers it cannot reproduce."""
+
+from __future__ import annotations
+
+import unicodedata
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from conftest import make_corpus
+from hangpt.data import shards
+from hangpt.data.shards import build_shards
+from hangpt.tokenizer import Tokenizer, train_tokenizer
+from tokenizer_folders import kogpt2_folder
+
+pytest.importorskip("tiktoken")
+
+# what byte-level pre-tokenization and NFC make delicate: decomposed jamo, spaces at the ends and in
+# runs, contractions, digits, emoji, punctuation runs, tabs, a lone combining mark, special tokens in text
+TRICKY = [
+    unicodedata.normalize("NFD", "한국어를 맥에서 입력하면 자모가 나뉩니다"),
+    "  앞뒤에 공백  ", "공백   여러   칸", "it's we'll they've I'M", "2024년 12월 3일 10,000원",
+    "이모지 😀👍🏽 섞인 리뷰!!!", "ㅋㅋㅋㅋㅋㅋ ㅠㅠ...?!", "탭\t문자", "\u0301로 시작", "",
+    "본문 중간의 <|endoftext|> 토큰", "<|user|> 역할 표시", "ascii only: Hello, World.", "끝에 마침표 없음 ",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(iter(make_corpus() + TRICKY * 3), vocab_size=700)
+
+
+def reference(tok: Tokenizer, docs: list[str]) -> np.ndarray:
+    return np.asarray([i for d in docs for i in [tok.eos_id, *tok.encode(d)]], dtype=np.uint32)
+
+
+def test_fast_encoder_gives_the_hf_ids(tokenizer):
+    assert shards._tiktoken_encoding(tokenizer.backend.to_str(), tokenizer.eos_token) is not None
+    docs = make_corpus(50, seed=1) + TRICKY
+    clean = [d for d in docs if "<|" not in d]  # a batch without special-token text takes the tiktoken path
+    for batch in (clean, docs):
+        ids, lengths = shards._encoder(tokenizer)(batch)
+        assert np.array_equal(ids, reference(tokenizer, batch))
+        assert lengths.tolist() == [1 + len(tokenizer.encode(d)) for d in batch]
+
+
+def test_shards_identical_with_and_without_the_fast_path(tmp_path, tokenizer):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(make_corpus(300, seed=2) + [t for t in TRICKY if t.strip()]) + "\n", encoding="utf-8")
+    fast = build_shards([corpus], tokenizer, tmp_path / "fast", val_fraction=0.1)
+    with mock.patch.object(shards, "_tiktoken_encoding", lambda *a: None):
+        slow = build_shards([corpus], tokenizer, tmp_path / "slow", val_fraction=0.1)
+    assert fast.info == slow.info
+    for name in ("train.bin", "val.bin", "val_docs.npy"):
+        assert (fast.folder / name).read_bytes() == (slow.folder / name).read_bytes()
+    docs = corpus.read_text(encoding="utf-8").splitlines()
+    assert np.array_equal(fast.tokens("val"), reference(tokenizer, docs[9::10]))
+
+
+def test_progress_bar_counts_text_bytes(tmp_path, tokenizer, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(make_corpus(100)) + "\n", encoding="utf-8")
+    build_shards([corpus], tokenizer, tmp_path / "cache", val_fraction=0.1, progress=True)
+    err = capsys.readouterr().err
+    assert "tokenizing" in err and f"{corpus.stat().st_size / 1000:.1f}k" in err
+
+
+def test_sentencepiece_style_tokenizer_takes_the_hf_path(tmp_path):
+    tok = Tokenizer.load(kogpt2_folder(tmp_path / "kogpt2"))
+    assert shards._tiktoken_encoding(tok.backend.to_str(), tok.eos_token) is None
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(make_corpus(60)) + "\n", encoding="utf-8")
+    built = build_shards([corpus], tok, tmp_path / "cache", val_fraction=0.1)
+    docs = corpus.read_text(encoding="utf-8").splitlines()
+    assert np.array_equal(built.tokens("val"), reference(tok, docs[9::10]))
