@@ -2,11 +2,13 @@
 
 Documents are streamed (a corpus larger than memory works), encoded in batches, and appended to
 `train.bin` / `val.bin` as `<eos> doc <eos> doc ...` (uint16 when the vocabulary fits, else
-uint32). A byte-level BPE as hangpt trains it is encoded by tiktoken with the same merges (ids
-identical to the Hugging Face tokenizer's in a sixth of the CPU time, on every core); other tokenizers
-(SentencePiece-style, BPE variants tiktoken cannot express) go through `tokenizers`. Every Nth document goes to validation, so the split is deterministic. The folder is keyed
+uint32). Every Nth document goes to validation, so the split is deterministic. The folder is keyed
 by a hash of the file list (paths, sizes, mtimes), the tokenizer and the split, so a resumed or
 repeated run reuses it instead of re-tokenizing.
+
+A byte-level BPE as hangpt trains it is encoded by tiktoken with the same merges: the Hugging Face
+tokenizer's ids exactly, in a sixth of the CPU time, on every core while the next batch is read.
+Tokenizers tiktoken cannot reproduce (SentencePiece-style, BPE variants) go through `tokenizers`.
 
 Bits per byte needs the UTF-8 size of the text the validation tokens cover: `val_docs.npy` holds,
 per validation document, the cumulative token end and byte count (each document counts one extra
