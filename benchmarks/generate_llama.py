@@ -9,8 +9,10 @@ a tiny Llama (4 layers x 256, GQA 4/2 heads, vocab 8192) and a model with Qwen2.
 batch 1, no eos, so both decode exactly max_new_tokens. float32 (hangpt's fused C step), and
 bfloat16 where this CPU has native bf16 (hangpt's PyTorch forward: the C step is float32 only).
 Memory: a fresh process loads the bf16 folder with `load_checkpoint(folder, dtype="bfloat16")`;
-its peak resident set (ru_maxrss) minus its own peak after importing torch and hangpt, against the
-bytes of the weights; once right after loading, once after one generated token (every weight read).
+its peak resident set minus its own peak after importing torch and hangpt, against the bytes of
+the weights; once right after loading, once after one generated token (every weight read). The
+peak is /proc/self/status's VmHWM: on Linux a child's ru_maxrss starts at its parent's peak (the
+benchmark's, with models loaded), which would hide the load.
 Prints a table and, last, `RESULT generate_llama ...` (medians of alternating repeats).
 """
 
@@ -34,16 +36,20 @@ QWEN_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, n
                 rope_theta=1000000.0, rms_norm_eps=1e-6)
 
 MEMORY_PROBE = """
-import json, resource, sys, torch
+import json, re, sys, torch
+from pathlib import Path
 from hangpt.checkpoint import load_checkpoint
 from hangpt.engine import Engine, GenerationConfig
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def peak_kb():  # this process's own peak resident set (ru_maxrss would include the parent's, from fork)
+    return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
+
+base = peak_kb()
 ckpt = load_checkpoint(sys.argv[1], dtype="bfloat16")
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = peak_kb()
 assert ckpt.model.lm_head.weight.dtype == torch.bfloat16
 Engine(ckpt.model, ckpt.tokenizer).generate([[5, 6, 7]], GenerationConfig(max_new_tokens=1, eos_token_id=[]))
-used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"loaded_kb": loaded - base, "generated_kb": used - base}))
+print(json.dumps({"loaded_kb": loaded - base, "generated_kb": peak_kb() - base}))
 """
 
 
@@ -100,7 +106,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="Fewer tokens (a smoke run).")
     parser.add_argument("--skip-large", action="store_true", help="Only the tiny model (no 2 GB temp folder).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's, one per core; 1 is steadier on a busy machine).")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import transformers
 
     from hangpt.checkpoint import native_bf16
