@@ -7,6 +7,7 @@ escapes instead, and the caller can tell the user how to get one (FONT_HINT).
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from functools import cache
 from pathlib import Path
@@ -20,9 +21,14 @@ FONT_HINT = ("no Korean font found, so Hangul is shown escaped; install one (e.g
 
 @cache
 def hangul_font() -> str | None:
-    """The name of the first installed font family that has Hangul, or None."""
+    """The name of the first installed font family that has Hangul, or None. NanumGothic comes with
+    the koreanize-matplotlib package (a dependency, OFL font), so Hangul draws without a system font."""
     from matplotlib import font_manager
 
+    spec = importlib.util.find_spec("koreanize_matplotlib")  # found, not imported: it would restyle pyplot
+    bundled = Path(next(iter(spec.submodule_search_locations))) / "fonts" / "NanumGothic.ttf" if spec else None
+    if bundled is not None and bundled.exists():
+        font_manager.fontManager.addfont(str(bundled))
     installed = {f.name for f in font_manager.fontManager.ttflist}
     return next((f for f in HANGUL_FONTS if f in installed), None)
 

@@ -12,6 +12,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# a fixed thread count: results (resume == uninterrupted, C step == PyTorch) are exact only without
+# hangpt/threads.py switching counts by measured speed
+os.environ.setdefault("HANGPT_THREADS", str(torch.get_num_threads()))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

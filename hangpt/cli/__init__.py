@@ -10,7 +10,7 @@ from importlib import import_module
 
 import click
 
-from ..errors import HangptError
+from ..errors import HangptError, Interrupted
 
 # name -> (module, attribute, one-line help shown by `hangpt --help`)
 COMMANDS = {
@@ -29,6 +29,7 @@ COMMANDS = {
     "serve": ("hangpt.cli.serve", "serve", "OpenAI-compatible API and web playground."),
     "feedback": ("hangpt.cli.serve", "feedback", "Export rankings collected in the playground as preference pairs."),
     "inspect": ("hangpt.cli.serve", "inspect", "Show tokens, hidden states, parameters and attention maps."),
+    "lstm": ("hangpt.cli.lstm", "lstm", "Train the LSTM language-model baseline and continue a prompt (to compare with GPT)."),
     "nlp": ("hangpt.cli.nlp", "nlp", "Classic NLP: Korean morphemes, word counts, TF-IDF, word2vec, baselines."),
 }
 
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         code = 130
+    except Interrupted as e:
+        click.echo(str(e), err=True)
+        code = e.exit_code
     except HangptError as e:
         if debug:
             raise

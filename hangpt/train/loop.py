@@ -2,8 +2,8 @@
 rollouts but reuses the pieces here).
 
 A stage hands the Trainer a model, a batch source that can report and restore its position, a loss
-function and a save function. The Trainer does the rest: AdamW (or Adam), warmup + a cosine, linear
-or constant learning rate,
+function and a save function. The Trainer does the rest: AdamW (or Adam, or Muon + AdamW), warmup + a
+cosine, linear or constant learning rate,
 gradient accumulation and clipping, bf16 autocast, on the device chosen with --device, periodic validation, a tqdm progress bar,
 periodic atomic checkpoints with everything needed for an exact resume (optimizer, step, data
 position, RNG, elapsed time, loss history), a loss-curve PNG, and DDP under `torchrun`.
@@ -29,7 +29,9 @@ import torch
 
 from ..device import current_device
 from ..errors import InputError, Interrupted
+from ..models import CausalLM
 from ..threads import ThreadPolicy
+from .muon import MuonAdamW
 
 
 @dataclass
@@ -176,13 +178,14 @@ def lr_at(step: int, progress: float, cfg: TrainConfig, total_steps: int | None 
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * p))
 
 
-# --optimizer NAME -> the torch optimizer class (a new choice, e.g. Muon, is one more entry)
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+# --optimizer NAME -> the optimizer class
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "muon": MuonAdamW}
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     """cfg.optimizer with weight decay on matrices only (not biases, norms), as in GPT-2/nanoGPT.
-    AdamW decays the weights directly; Adam (the KoGPT2 lab's) adds the decay to the gradient."""
+    AdamW decays the weights directly; Adam (the KoGPT2 lab's) adds the decay to the gradient.
+    Muon takes the matrices of the transformer blocks and leaves the rest to AdamW."""
     params = [p for p in model.parameters() if p.requires_grad]
     seen, decay, no_decay = set(), [], []
     for p in params:
@@ -193,6 +196,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer not in OPTIMIZERS:
         raise InputError(f"--optimizer {cfg.optimizer!r}: choose {', '.join(OPTIMIZERS)}")
+    if cfg.optimizer == "muon":
+        in_blocks = {id(p) for lm in model.modules() if isinstance(lm, CausalLM) for p in lm.blocks.parameters()}
+        groups[0]["params"] = [p for p in decay if id(p) not in in_blocks]
+        return MuonAdamW([p for p in decay if id(p) in in_blocks], groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         betas=cfg.betas, eps=cfg.adam_eps)
     # the fused kernel (CUDA, and CPU since torch 2.4) is several times faster than the per-tensor loop
     return OPTIMIZERS[cfg.optimizer](groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, fused=True)
 
