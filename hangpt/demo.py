@@ -28,10 +28,12 @@ from .errors import InputError
 RECIPE = {"pretrain": {"steps": 400}, "sft": {"epochs": 6}, "rm": {"epochs": 3}, "dpo": {"epochs": 2},
           "ppo": {"steps": 20}}
 BASE_RECIPE = {"sft": {"epochs": 2}, "rm": {"epochs": 1}, "dpo": {"epochs": 1}, "ppo": {"steps": 8}}
-# Seconds of one step of each stage relative to a pretraining step of the tiny model (batch 16 x 128
-# tokens), measured on a 2-core machine; used to print the expected time of each stage up front.
+# Time of one step of each stage, and of its fixed work (loading, the tokenizer, DPO's reference
+# log-probs), in pretraining steps of the tiny model (batch 16 x 128 tokens), measured on a 2-core
+# machine; used to print the expected time of each stage up front.
 STEP_COST = {"pretrain": 1.0, "sft": 0.45, "rm": 0.6, "dpo": 1.0, "ppo": 5.0}
-FIXED_SECONDS = 40  # tokenizer, preference pairs, policy comparison, report
+STAGE_SETUP = {"pretrain": 5, "sft": 4, "rm": 4, "dpo": 15, "ppo": 4}
+FIXED_STEPS = 12  # preference pairs, policy comparison, report
 BATCH = 16
 # The report calls the chatbot degenerate below these shares of the held-out prompts.
 MIN_DISTINCT, MIN_ON_TOPIC = 0.75, 0.5
@@ -165,7 +167,7 @@ class Demo:
         self.log(f"  took {_minutes(time.perf_counter() - self._stage_start)}")
 
     def _expected(self, stage: str) -> float:
-        return self.steps[stage] * STEP_COST[stage] * self.step_seconds
+        return (self.steps[stage] * STEP_COST[stage] + STAGE_SETUP[stage]) * self.step_seconds
 
     def _train_config(self, stage: str, **overrides):
         from .train.loop import TrainConfig
@@ -191,11 +193,12 @@ class Demo:
             model = load_checkpoint(self.base).model
         self.step_seconds = measure_step_seconds(model)
         self.steps = dict(self.needed)
-        full = sum(self._expected(s) for s in self.stages) + FIXED_SECONDS
+        fixed = (FIXED_STEPS + sum(STAGE_SETUP[s] for s in self.stages)) * self.step_seconds
+        full = sum(self._expected(s) for s in self.stages) + FIXED_STEPS * self.step_seconds
         if self.minutes and full > self.minutes * 60:
-            scale = max(0.0, self.minutes * 60 - FIXED_SECONDS) / (full - FIXED_SECONDS)
+            scale = max(0.0, self.minutes * 60 - fixed) / (full - fixed)
             self.steps = {s: max(1, int(n * scale)) for s, n in self.needed.items()}
-        expected = sum(self._expected(s) for s in self.stages) + FIXED_SECONDS
+        expected = sum(self._expected(s) for s in self.stages) + FIXED_STEPS * self.step_seconds
         self.result.figures["expected_minutes"] = round(expected / 60, 1)
         self.result.figures["full_recipe_minutes"] = round(full / 60, 1)
         self.log(f"plan: {', '.join(f'{s} {n} steps' for s, n in self.steps.items())}; "
