@@ -65,8 +65,9 @@ def training_options(f):
                      show_default=True, help="After warmup: cosine to 10% of --lr, linear to 0, or constant."),
         click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
                      help="Steps of linear warmup [default: the first 3% of training]."),
-        click.option("--optimizer", type=click.Choice(["adamw", "adam"]), default="adamw", show_default=True,
-                     help="torch.optim.AdamW (decoupled weight decay) or torch.optim.Adam."),
+        click.option("--optimizer", type=click.Choice(["adamw", "adam", "muon"]), default="adamw", show_default=True,
+                     help="torch.optim.AdamW (decoupled weight decay), torch.optim.Adam, or Muon for the "
+                          "transformer blocks' matrices with AdamW for the rest."),
         click.option("--weight-decay", type=Number(min=0), default=None,
                      help="On weight matrices only [default: 0.1 with adamw, 0 with adam]."),
         click.option("--adam-betas", type=(float, float), default=None, help="Adam's (beta1, beta2) [0.9 0.95]."),

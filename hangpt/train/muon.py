@@ -1,0 +1,85 @@
+"""Muon for the weight matrices of the transformer blocks, AdamW for everything else.
+
+Muon (Keller Jordan, modded-nanogpt; nanochat) keeps SGD's Nesterov momentum but replaces each
+matrix's update by the nearest semi-orthogonal matrix U V^T (G = U S V^T): every direction the
+gradient points in moves the weights by the same amount, instead of a few dominant directions
+taking all of the step. Embeddings, the LM head, norms and biases are not matrices in that sense
+(one row per token, or vectors) and stay with AdamW.
+
+The orthogonalisation is 5 Polar Express iterations (Amsel et al. 2025, nanochat's coefficients):
+only matrix products, no SVD. The update is scaled to an RMS of 0.2 per element, the size of an
+AdamW update (Moonlight, Liu et al. 2025), so one learning rate and weight decay serve both parts
+and the schedule in the training loop scales them together.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# (a, b, c) of X <- a X + (b A + c A^2) X with A = X X^T; each iteration pushes the singular values
+# towards 1 (computed for 5 iterations, from nanochat/optim.py)
+POLAR_EXPRESS = [
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+]
+UPDATE_RMS = 0.2
+
+
+def orthogonalize(g: torch.Tensor) -> torch.Tensor:
+    """About U V^T of g = U S V^T (singular values within ~15% of 1)."""
+    x = g / (g.norm() * 1.01 + 1e-6)  # singular values <= 1, where the iteration converges
+    wide = x.size(0) <= x.size(1)
+    if not wide:  # X X^T is then the smaller product
+        x = x.T
+    for a, b, c in POLAR_EXPRESS:
+        A = x @ x.T
+        x = a * x + (b * A + c * (A @ A)) @ x
+    return x if wide else x.T
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum, orthogonalised, RMS-matched to AdamW, with decoupled weight decay."""
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.95, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - beta)
+                update = orthogonalize(p.grad.lerp(buf, beta))  # Nesterov: the gradient looked ahead
+                p.mul_(1 - lr * wd)
+                p.add_(update, alpha=-lr * UPDATE_RMS * max(p.shape) ** 0.5)
+
+
+class MuonAdamW:
+    """Muon on `matrices`, fused AdamW on `others`: one optimizer to the training loop (its
+    param_groups are both parts' groups, so the loop's schedule sets every learning rate)."""
+
+    def __init__(self, matrices: list, others: list[dict], *, lr: float, weight_decay: float, betas, eps: float):
+        self.muon = Muon(matrices, lr=lr, weight_decay=weight_decay)
+        self.adamw = torch.optim.AdamW(others, lr=lr, betas=betas, eps=eps, fused=True)
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
