@@ -30,6 +30,7 @@ COMMANDS = {
     "feedback": ("hangpt.cli.serve", "feedback", "Export rankings collected in the playground as preference pairs."),
     "inspect": ("hangpt.cli.serve", "inspect", "Show tokens, hidden states, parameters and attention maps."),
     "lstm": ("hangpt.cli.lstm", "lstm", "Train the LSTM language-model baseline and continue a prompt (to compare with GPT)."),
+    "lstm": ("hangpt.cli.lstm", "lstm", "Train the LSTM language-model baseline and continue a prompt (to compare with GPT)."),
     "nlp": ("hangpt.cli.nlp", "nlp", "Classic NLP: Korean morphemes, word counts, TF-IDF, word2vec, baselines."),
 }
 
