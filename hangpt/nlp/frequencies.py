@@ -36,7 +36,7 @@ def word_cloud(counts: Counter, path: str | Path, max_words: int = 200, seed: in
     words = counts.most_common(max_words)
     labels = plot_labels([w for w, _ in words])
     cloud = WordCloud(font_path=font, width=800, height=500, background_color="white", max_words=max_words,
-                      random_state=seed, collocations=False)
+                      random_state=seed, collocations=False, prefer_horizontal=1.0)  # sideways Hangul reads badly
     cloud.generate_from_frequencies({label: c for label, (_, c) in zip(labels, words)})
     warn_without_font()
     path = Path(path)
