@@ -130,6 +130,7 @@ def tfidf(data, texts, tokens, query, top, norm, as_json):
     docs = list(texts) + (list(iter_documents([data])) if data else [])
     if len(docs) < 2:
         raise InputError("give at least 2 documents (--data FILE with one per line, or --text repeated)")
+
     def split(ds: list[str]) -> list[list[str]]:
         if tokens == "words":
             return [d.split() for d in ds]
