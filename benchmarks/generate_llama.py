@@ -1,5 +1,7 @@
-"""Decoding speed of the Llama family: hangpt's engine vs `transformers.generate`, same weights, same run;
-and the peak memory of loading a Qwen2.5-0.5B-shaped checkpoint in bf16.
+"""Llama-family decoding speed vs `transformers.generate` (same weights, same run); memory of a bf16 load.
+
+hangpt's engine against transformers on the same saved folders, and the peak memory of loading a
+Qwen2.5-0.5B-shaped checkpoint in bf16.
 
     python benchmarks/generate_llama.py [--repeats 5] [--quick] [--skip-large]
 
@@ -18,7 +20,6 @@ Prints a table and, last, `RESULT generate_llama ...` (medians of alternating re
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from generate_throughput import run_case
+from generate_throughput import arguments, run_case
 
 TINY = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=8192, max_position_embeddings=512, tie_word_embeddings=True)
@@ -102,15 +103,8 @@ def memory(folder: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="Fewer tokens (a smoke run).")
-    parser.add_argument("--skip-large", action="store_true", help="Only the tiny model (no 2 GB temp folder).")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's, one per core; 1 is steadier on a busy machine).")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = arguments(__doc__, 5, lambda parser: parser.add_argument(
+        "--skip-large", action="store_true", help="Only the tiny model (no 2 GB temp folder)."))
     import transformers
 
     from hangpt.checkpoint import native_bf16

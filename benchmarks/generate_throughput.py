@@ -100,15 +100,23 @@ def matmul_floor_ms(model, repeats: int) -> float:
     return timed(lambda: [step() for _ in range(20)], repeats) / 20 * 1000
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=9)
+def arguments(doc: str, repeats: int, add=None) -> argparse.Namespace:
+    """The options the generation benchmarks share (plus those `add(parser)` adds); sets the threads."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--quick", action="store_true", help="Fewer tokens (a smoke run).")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, one per core; 1 is steadier on a busy machine).")
+    if add is not None:
+        add(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    args = arguments(__doc__, 9)
     import transformers
 
     from hangpt.engine import Engine

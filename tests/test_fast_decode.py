@@ -142,15 +142,22 @@ def test_engine_tokens_equal_with_and_without_the_c_step(request, family, contro
     assert [[c.token_ids for c in group] for group in with_c] == [[c.token_ids for c in group] for group in without]
 
 
-def test_c_step_follows_block_weights_changed_in_place(tiny_checkpoint):
+CHANGES = {  # an MLP weight and a norm or bias of each family, changed in place
+    "gpt2": lambda m: (m.transformer.h[0].mlp.c_fc.weight.mul_(-3.0), m.transformer.h[1].ln_1.bias.add_(0.5)),
+    "qwen2": lambda m: (m.model.layers[0].mlp.up_proj.weight.mul_(-3.0),
+                        m.model.layers[1].self_attn.k_proj.bias.add_(0.5)),
+}
+
+
+@pytest.mark.parametrize("family", CHANGES)
+def test_c_step_follows_block_weights_changed_in_place(request, family):
     """PPO trains the model between generations: the pointers are re-read when a tensor changes."""
-    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt = load_checkpoint(request.getfixturevalue("tiny_checkpoint" if family == "gpt2" else "llama_checkpoint"))
     engine = Engine(ckpt.model, ckpt.tokenizer)
     config = GenerationConfig(max_new_tokens=12, eos_token_id=[])
     engine.generate(["저는"], config)
     with torch.no_grad():
-        ckpt.model.transformer.h[0].mlp.c_fc.weight.mul_(-3.0)
-        ckpt.model.transformer.h[1].ln_1.bias.add_(0.5)
+        CHANGES[family](ckpt.model)
     after = engine.generate(["저는"], config)[0][0].token_ids
     assert after == Engine(ckpt.model, ckpt.tokenizer, fast_decode=False).generate(["저는"], config)[0][0].token_ids
 
