@@ -77,8 +77,8 @@ def decoding(out: str, work: Path) -> None:
     beams = re.findall(r"^--- prompt 1, sequence (\d) \((\w+)\)\n(.*)$", out, re.M)
     assert [b[0] for b in beams][:2] == ["1", "2"], "--num-beams 4 --num-return-sequences 2 gives two sequences"
     assert beams[0][2] != beams[1][2], "the two beams are different texts"
-    sampled = {b[2] for b in beams[2:]}
-    assert len(beams) == 5 and sampled - {b[2] for b in beams[:2]}, "sampling finds text beam search did not"
+    sampled = {b[2] for b in beams[2:]}  # the top-p samples (--num-return-sequences 3)
+    assert sampled - {b[2] for b in beams[:2]}, "sampling finds text beam search did not"
     result = json.loads(next(line for line in out.splitlines() if line.startswith('{"completions"')))
     completion = result["completions"][0]
     assert "." not in completion["text"], "the stop string is not returned"
@@ -87,12 +87,10 @@ def decoding(out: str, work: Path) -> None:
 
 def chatbot(out: str, work: Path) -> None:
     """The chatbot answers each message on its own line, with no template markers."""
-    lines = out.splitlines()
-    assert lines[0] == "Q,A,label"
-    answers = lines[3:]
-    assert len(answers) == 3, f"two chat answers and one generate --chat answer: {answers}"
-    for answer in answers:
-        assert not re.search(r"<usr>|<sys>|</s>|<\|endoftext\|>|<\|pad\|>", answer), answer
+    assert "Q,A,label\n" in out
+    answers = out.split("chat model written to t4/chatbot")[1].split("\n", 1)[1]
+    assert answers.count("\n") >= 3, f"two chat answers and one generate --chat answer, a line each: {answers!r}"
+    assert not re.search(r"<usr>|<sys>|</s>|<\|endoftext\|>|<\|pad\|>", answers), answers
     settings = json.loads((work / "t4/chatbot/hangpt.json").read_text(encoding="utf-8"))
     assert settings["chat_template"]["name"] == "kogpt2"
 
@@ -112,10 +110,11 @@ def rlhf(out: str, work: Path) -> None:
 def playground(out: str, work: Path) -> None:
     """The API answers in OpenAI's shape (n=2 choices), streams through the openai client, and a
     ranking of 3 answers becomes 3 preference pairs."""
-    completion = json.loads(next(line for line in out.splitlines() if '"chat.completion"' in line))
+    line = next(line for line in out.splitlines() if '"chat.completion"' in line)
+    completion, _ = json.JSONDecoder().raw_decode(line)  # curl's output ends without a newline
     assert completion["object"] == "chat.completion" and len(completion["choices"]) == 2
     assert all(c["message"]["role"] == "assistant" for c in completion["choices"])
-    assert re.search(r"^3 preference pairs from 1 rankings written to t6/prefs.jsonl$", out, re.M)
+    assert re.search(r"3 preference pairs from 1 rankings written to t6/prefs.jsonl$", out, re.M)  # after curl's reply
     pairs = [json.loads(line) for line in (work / "t6/prefs.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {(p["chosen"], p["rejected"]) for p in pairs} == {
         ("맛있는 거 챙겨 드세요.", "우산 꼭 챙기세요."), ("맛있는 거 챙겨 드세요.", "배고파"), ("우산 꼭 챙기세요.", "배고파")}
