@@ -52,7 +52,7 @@ def worker() -> None:
     for name, fast in (("c_ms", True), ("torch_ms", False)):
         engine = Engine(model, NoText(), fast_decode=fast)
         times = []
-        for _ in range(6):
+        for _ in range(5):
             t0 = time.perf_counter()
             engine.generate([[1, 2, 3, 4]], config)
             times.append((time.perf_counter() - t0) / 64 * 1000)
@@ -62,7 +62,7 @@ def worker() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     policy = ThreadPolicy(period=50, probe=2)  # as the training loop does
     times = []
-    for _ in range(10):
+    for _ in range(8):
         policy.before()
         t0 = time.perf_counter()
         F.cross_entropy(model(x[:, :-1]).logits.flatten(0, 1), x[:, 1:].flatten()).backward()
@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--load", type=int, default=1, help="busy background processes in the loaded runs")
     parser.add_argument("--seconds", type=float, default=900, help="upper bound on the background load's life")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
     args = parser.parse_args()
     if args.worker:
         return worker()
@@ -101,8 +102,8 @@ def main() -> None:
     for loaded in (False, True):
         procs = [busy(args.seconds) for _ in range(args.load if loaded else 0)]
         try:
-            for name, env in SETTINGS.items():
-                rows[(name, loaded)] = run_setting(env)
+            for name in args.settings.split(","):
+                rows[(name, loaded)] = run_setting(SETTINGS[name])
         finally:
             for p in procs:
                 p.kill()
@@ -115,6 +116,8 @@ def main() -> None:
               f"{r['train_s']:>13.3f} {r['threads_chosen']:>8}")
     summary = []
     for loaded in (False, True):
+        if not all((n, loaded) in rows for n in ("1 thread", "all threads", "auto")):
+            continue
         fixed = [rows[(n, loaded)] for n in ("1 thread", "all threads")]
         auto = rows[("auto", loaded)]
         tag = "load" if loaded else "noload"
