@@ -82,7 +82,7 @@ def training_options(f):
         click.option("--bf16", is_flag=True, help="bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX, and GPUs)."),
         click.option("--gradient-checkpointing", is_flag=True,
                      help="Recompute each block's activations in the backward pass: less memory, ~30% slower."),
-        click.option("--no-progress", is_flag=True, help="No progress bar (logs and pipes)."),
+        click.option("--no-progress", is_flag=True, help="No progress bar, plain log lines (the default when stderr is not a terminal)."),
         _device,
         _dtype("float32", "Weights' dtype while training (float32 master weights; --bf16 adds autocast)."),
     ]
@@ -280,7 +280,8 @@ def train_config(out, opts: dict, *, batch_size: int, lr: float, default_epochs:
     cfg = TrainConfig(out=Path(out), batch_size=opts["batch_size"] or batch_size, grad_accum=opts["grad_accum"],
                       lr=opts["lr"] or lr, max_steps=opts["max_steps"], epochs=epochs,
                       time_budget=opts["time_budget"], seed=opts["seed"], resume=opts["resume"],
-                      overwrite=opts["overwrite"], bf16=opts["bf16"], progress=not opts["no_progress"])
+                      overwrite=opts["overwrite"], bf16=opts["bf16"],
+                      progress=not opts["no_progress"] and sys.stderr.isatty())
     apply_optimizer_options(cfg, opts)
     cfg.gradient_checkpointing = opts["gradient_checkpointing"]
     if opts.get("lora_r"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .options import apply_optimizer_options, device_option, print_json, training_options
@@ -14,7 +16,7 @@ _COLUMN_HELP = ("Take this column of TSV/CSV files whose header has it (e.g. `do
 @click.command()
 @click.option("--data", "data", multiple=True, required=True, help=_DATA_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
-@click.option("--arch", type=click.Choice(["gpt2", "llama"]), default="gpt2", show_default=True,
+@click.option("--arch", type=click.Choice(["gpt2", "llama"]), default="llama", show_default=True,
               help="Architecture of a new model: GPT-2 (learned positions, LayerNorm, GELU) or Llama (RoPE, "
                    "RMSNorm, SwiGLU, grouped-query attention).")
 @click.option("--preset", default="tiny", show_default=True,
@@ -41,8 +43,9 @@ def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, text_
 
     cfg = TrainConfig(out=Path(out), batch_size=batch_size or 16, grad_accum=grad_accum, lr=lr, max_steps=max_steps,
                       epochs=epochs, time_budget=time_budget, eval_every=eval_every or 200,
-                      save_every=save_every or 200, seed=seed, resume=resume, bf16=bf16, progress=not no_progress)
-    apply_optimizer_options(cfg, opts)
+                      save_every=save_every or 200, seed=seed, resume=resume, bf16=bf16,
+                      progress=not no_progress and sys.stderr.isatty())
+    apply_optimizer_options(cfg, {**opts, **_recipe_defaults(opts)})
     if not (max_steps or epochs or time_budget):
         from ..errors import InputError
 
@@ -59,6 +62,16 @@ def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, text_
         shown = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in final)
         click.echo(f"{summary['steps']} steps, {summary['tokens']:,} tokens in {summary['minutes']} min ({shown}); "
                    f"checkpoint in {out}")
+
+
+def _recipe_defaults(opts: dict) -> dict:
+    """Pretraining's own optimizer and schedule (train.pretrain.RECIPE) for the flags left unset."""
+    from click.core import ParameterSource
+
+    from ..train.pretrain import RECIPE
+
+    ctx = click.get_current_context()
+    return {k: v for k, v in RECIPE.items() if k in opts and ctx.get_parameter_source(k) is ParameterSource.DEFAULT}
 
 
 @click.command(name="eval")
