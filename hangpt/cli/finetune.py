@@ -44,7 +44,8 @@ def sft(model, data, out, template, question_column, answer_column, loss, as_jso
         print_json({"out": out, **summary})
     else:
         final = summary["final"]
-        val = f", validation answer loss {final['val_loss']:.4f}" if "val_loss" in final else ""
+        scored = "answer" if loss == "answer" else "token"
+        val = f", validation {scored} loss {final['val_loss']:.4f}" if "val_loss" in final else ""
         click.echo(f"chat model written to {out}: {summary['steps']} steps, train loss {final.get('loss', float('nan')):.4f}{val}")
 
 
