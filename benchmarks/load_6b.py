@@ -10,7 +10,8 @@ that is removed afterwards; the free disk space is checked first. A fresh proces
 (prefill, then one token at a time through the KV cache), timing each. Memory is that process's
 peak resident set (ru_maxrss) minus its own peak after importing torch and hangpt, against the
 bytes of the weights: once right after loading, once after the tokens (every weight read at least
-once). Prints a table and, last, `RESULT load_6b ...`.
+once). Major page faults count the weight pages read from disk rather than the page cache: when
+they are many, the tokens are timed at disk speed. Prints a table and, last, `RESULT load_6b ...`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ for _ in range(n):
     logits = engine.step(batch, torch.tensor(tokens[-1:]))
     times.append(time.perf_counter() - start)
 print(json.dumps({"load_s": load_s, "loaded_kb": loaded_kb, "generated_kb": peak_kb() - base,
-                  "prefill_s": times[0], "token_s": times[1:], "tokens": tokens}))
+                  "prefill_s": times[0], "token_s": times[1:], "tokens": tokens,
+                  "major_faults": resource.getrusage(resource.RUSAGE_SELF).ru_majflt}))
 """
 
 
@@ -148,6 +150,7 @@ def main() -> None:
     print(f"| prefill (8 tokens) | {r['prefill_s']:.2f} s |")
     print(f"| per token (median of {args.tokens}) | {per_token:.2f} s ({', '.join(f'{t:.2f}' for t in r['token_s'])}) |")
     print(f"| tokens | {r['tokens']} |")
+    print(f"| major page faults (pages read from disk) | {r['major_faults']} |")
     print(f"RESULT load_6b weight_gb={weights / 1e9:.2f} load_s={r['load_s']:.2f} "
           f"peak_loaded_x={loaded / weights:.3f} peak_generated_x={generated / weights:.3f} "
           f"prefill_s={r['prefill_s']:.2f} token_s={per_token:.2f}")

@@ -3,6 +3,8 @@ made and saved by transformers, loaded by hangpt; logits and generated tokens mu
 transformers', what hangpt writes must load in transformers, and the CLI trains and generates on both."""
 
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -184,3 +186,31 @@ def test_lora_adapter_matches_peft(variant, targets, tmp_path, tiny_tokenizer):
         torch.testing.assert_close(ckpt.model.eval()(ids).logits, theirs(ids).logits, atol=1e-4, rtol=1e-4)
     fresh = peft.get_peft_model(hf(), peft.LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"))
     assert sum(p.numel() for p in params) == fresh.get_nb_trainable_parameters()[0]
+
+
+def test_decoding_tutorial_on_a_gptj_folder(tmp_path, tiny_tokenizer):
+    """docs/03-decoding.md with MODEL= a GPT-J folder (the course's KoGPT experiment): beam search
+    gives one text, top-p sampling others (different per seed); temperature 0.01 samples (nearly) the
+    greedy text and 1.5 does not; no-repeat-ngram 2 leaves no repeated token pair."""
+    from test_tutorials import DOCS, SMALL, run_tutorial
+
+    config = transformers.GPTJConfig(vocab_size=tiny_tokenizer.vocab_size, n_embd=64, n_layer=2, n_head=4,
+                                     rotary_dim=8, n_positions=256, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    hf = transformers.GPTJForCausalLM(config)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(tmp_path / "kogpt")
+    tiny_tokenizer.save(tmp_path / "kogpt")
+    out = run_tutorial(DOCS / "03-decoding.md", tmp_path, {**SMALL, "MODEL": str(tmp_path / "kogpt")})
+    section = out[out.index("== 빔 서치\n"):]
+    shown = dict(re.findall(r"^== ([^\n]+)\n(.*?)(?=^== |\Z)", section, re.S | re.M))
+    beam, top_p1, top_p2 = shown["빔 서치"], shown["top-p 샘플링 seed 1"], shown["top-p 샘플링 seed 2"]
+    assert beam not in (top_p1, top_p2) and top_p1 != top_p2
+    near, far = (len(os.path.commonprefix([shown["탐욕적"], shown[k]])) for k in ("temperature 0.01", "temperature 1.5"))
+    assert near >= 20 and far < near, "a temperature near 0 samples (nearly) the greedy text, 1.5 does not"
+    greedy, blocked = (json.loads(shown[k])["completions"][0]["token_ids"]
+                       for k in ("탐욕적 token_ids", "no-repeat-ngram 2 token_ids"))
+    pairs = list(zip(blocked, blocked[1:]))
+    assert len(pairs) == len(set(pairs)) and blocked != greedy
