@@ -24,7 +24,8 @@ def section(markdown: str, title: str) -> str:
 
 
 def commands(markdown: str) -> tuple[list[str], list[str]]:
-    """(lines to run, lines skipped) of the bash blocks of SECTIONS, continuation lines joined."""
+    """(commands to run, lines skipped) of the bash blocks of SECTIONS, continuation lines joined,
+    comments dropped, each command once."""
     run, skipped = [], []
     for title in SECTIONS:
         for block in re.findall(r"^```bash\n(.*?)^```", section(markdown, title), flags=re.S | re.M):
@@ -32,7 +33,11 @@ def commands(markdown: str) -> tuple[list[str], list[str]]:
                 line = line.strip()
                 if not line or line.startswith("#"):
                     continue
-                (skipped if OFFLINE_ONLY.search(line + " ") else run).append(line)
+                command = line.split("  #")[0].strip()
+                if OFFLINE_ONLY.search(command + " "):
+                    skipped.append(line)
+                elif command not in run:  # the quick start's `hangpt demo` is shown again under Demo
+                    run.append(command)
     return run, skipped
 
 
