@@ -102,3 +102,32 @@ def test_resume_from_saved_state_is_exact():
         _step(resumed, opt2, b)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_pretrain_defaults_to_the_new_recipe_and_keeps_the_old_as_flags(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import make_corpus
+    from hangpt.cli import cli
+    from hangpt.models import gpt2, llama
+
+    monkeypatch.setitem(llama.PRESETS, "test", dict(vocab_size=300, max_position_embeddings=32, hidden_size=32,
+                                                    intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                                    num_key_value_heads=2, tie_word_embeddings=True))
+    monkeypatch.setitem(gpt2.PRESETS, "test", dict(vocab_size=300, n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(make_corpus(100)) + "\n", encoding="utf-8")
+
+    def settings(out, *flags):
+        args = ["pretrain", "--data", str(corpus), "--out", str(tmp_path / out), "--preset", "test", "--max-steps", "2",
+                "--batch-size", "2", "--val-fraction", "0.1", "--no-progress", *flags]
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / out / "hangpt.json").read_text())["training"]["settings"]
+
+    new = settings("new")
+    assert (new["arch"], new["optimizer"], new["lr_schedule"], new["lr"]) == ("llama", "muon", "linear", 3e-3)
+    old = settings("old", "--arch", "gpt2", "--optimizer", "adamw", "--lr-schedule", "cosine")
+    assert (old["arch"], old["optimizer"], old["lr_schedule"], old["lr"]) == ("gpt2", "adamw", "cosine", 1e-3)

@@ -138,7 +138,7 @@ def test_pretrain_from_a_new_tokenizer_and_preset_shape(tmp_path, corpus, monkey
 
     monkeypatch.setitem(model_module.PRESETS, "test", dict(vocab_size=300, n_positions=32, n_embd=32, n_layer=1, n_head=2))
     out = tmp_path / "run"
-    result = run_cli("pretrain", "--data", corpus, "--out", out, "--preset", "test", "--max-steps", 4,
+    result = run_cli("pretrain", "--data", corpus, "--out", out, "--arch", "gpt2", "--preset", "test", "--max-steps", 4,
                      "--batch-size", 4, "--eval-every", 2, "--val-fraction", 0.1, "--no-progress", "--json")
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["tokens"] == 4 * 4 * 32

@@ -33,6 +33,10 @@ def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, text_
              save_every, seed, resume, bf16, no_progress, **opts):
     """Pretrain a GPT from scratch (or continue one) by next-token prediction on text.
 
+    A new model is a Llama-layout model trained with Muon and a learning rate decayed linearly to
+    zero (3e-3 at the peak for `tiny`) unless --arch/--optimizer/--lr-schedule/--lr say otherwise;
+    the 2019 recipe is `--arch gpt2 --optimizer adamw --lr-schedule cosine`.
+
     Checkpoints go to --out every --save-every steps; after a crash or Ctrl-C, run the same
     command with --resume to continue exactly where the last checkpoint left off.
     """

@@ -402,7 +402,7 @@ class Trainer(ResumableRun):
                    disable=not self.cfg.progress or self.rank != 0)
         self.run_steps(lambda stop: self._loop(model, bar, stop), bar)
         if self.eval_fn:
-            self.history.append({"step": self.step, **self._evaluate()})
+            self.history.append({"step": self.step, "minutes": round(self.elapsed / 60, 4), **self._evaluate()})
         self._save(final=True)
         return self.summary()
 
@@ -432,7 +432,8 @@ class Trainer(ResumableRun):
             bar.update(1)
             if self.step % self.cfg.log_every == 0 or self.progress() >= 1.0:
                 avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                self.history.append({"step": self.step, **{k: round(v, 6) for k, v in avg.items()}})
+                self.history.append({"step": self.step, "minutes": round(self.elapsed / 60, 4),
+                                     **{k: round(v, 6) for k, v in avg.items()}})
                 bar.set_postfix(loss=f"{avg['loss']:.3f}", tok_s=f"{avg['tokens_per_s']:.0f}", lr=f"{lr:.1e}")
                 window = self.window = []
                 if bar.disable and self.rank == 0 and self.step % (10 * self.cfg.log_every) == 0:  # plain lines
@@ -440,7 +441,7 @@ class Trainer(ResumableRun):
                     print(f"{self.stage} step {self.step}{of}: loss {avg['loss']:.3f}, "
                           f"{avg['tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
             if self.eval_fn and self.step % self.cfg.eval_every == 0 and self.progress() < 1.0:
-                self.history.append({"step": self.step, **self._evaluate()})
+                self.history.append({"step": self.step, "minutes": round(self.elapsed / 60, 4), **self._evaluate()})
                 if self.rank == 0:
                     bar.write(_format_metrics(self.step, self.history[-1]), file=sys.stderr)  # stdout is for --json
             if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
