@@ -23,8 +23,8 @@ SETTINGS = {  # name -> environment of the worker
     "1 thread": {"HANGPT_THREADS": "1"},
     "all threads": {"HANGPT_THREADS": str(os.cpu_count() or 1)},
     "auto": {},
-    "all, passive wait": {"HANGPT_THREADS": str(os.cpu_count() or 1), "OMP_WAIT_POLICY": "PASSIVE"},
-    "auto, passive wait": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "all+passive wait": {"HANGPT_THREADS": str(os.cpu_count() or 1), "OMP_WAIT_POLICY": "PASSIVE"},
+    "auto+passive wait": {"OMP_WAIT_POLICY": "PASSIVE"},
 }
 
 
