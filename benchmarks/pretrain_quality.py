@@ -8,7 +8,7 @@ on a machine that other work shares they all see the same load; `tokens` and `st
 CPU each got. The tokenizer is trained once, exactly as `hangpt pretrain` would, and shared.
 
     python benchmarks/pretrain_quality.py [--data-dir ../shared/data] [--minutes 10] [--seeds 2]
-        [--plot docs/img/pretrain_quality.png] [--out DIR]
+        [--eval-every 25] [--plot docs/img/pretrain_quality.png] [--out DIR]
 
 The plot is validation bits per byte against minutes of training, from each run's train_log.jsonl.
 Last line: RESULT pretrain_quality old_bpb=... new_bpb=... (means over the seeds) target_bpb=1.85
@@ -35,10 +35,11 @@ RECIPES = {
 TARGET = 1.85
 
 
-def launch(name: str, flags: list[str], seed: int, files: list[Path], tokenizer: Path, out: Path, minutes: float):
+def launch(name: str, flags: list[str], seed: int, files: list[Path], tokenizer: Path, out: Path, minutes: float,
+           eval_every: int):
     cmd = [sys.executable, "-m", "hangpt", "pretrain", "--data", *map(str, files), "--text-column", "document",
            "--preset", "tiny", "--tokenizer", str(tokenizer), "--time-budget", str(minutes), "--seed", str(seed),
-           "--eval-every", "25", "--save-every", "100000", "--out", str(out / f"{name}-{seed}"), "--overwrite",
+           "--eval-every", str(eval_every), "--save-every", "100000", "--out", str(out / f"{name}-{seed}"), "--overwrite",
            "--no-progress", "--json", *flags]
     log = open(out / f"{name}-{seed}.log", "w")
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -66,6 +67,7 @@ def plot(curves: dict[str, list[list[tuple[float, float]]]], path: Path, minutes
     ax.axhline(TARGET, color="tab:red", linestyle=":", linewidth=1, label=f"{TARGET} bits per byte")
     ax.set_xlabel("minutes of training (1 thread each, runs side by side)")
     ax.set_ylabel("validation bits per byte")
+    ax.set_xlim(0, minutes * 1.1)
     ax.set_title(f"hangpt pretrain --preset tiny, Korean texts + NSMC reviews, {minutes:g} min")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -80,6 +82,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=DATA)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--eval-every", type=int, default=25, help="steps between validations (points of the curve)")
     ap.add_argument("--plot", type=Path, default=None, help="write the bits-per-byte curves to this PNG")
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
@@ -91,7 +94,7 @@ def main() -> None:
         tokenizer = next((out / "data").glob("tokenizer-*"))
         print(f"{len(RECIPES) * args.seeds} runs of {args.minutes:g} min side by side, 1 thread each; "
               f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-        procs = {(name, seed): launch(name, flags, seed, files, tokenizer, out, args.minutes)
+        procs = {(name, seed): launch(name, flags, seed, files, tokenizer, out, args.minutes, args.eval_every)
                  for seed in range(1, args.seeds + 1) for name, flags in RECIPES.items()}
         results = {}
         for key, proc in procs.items():

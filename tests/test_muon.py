@@ -70,7 +70,9 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
         assert any(id(p) in adamw and p.dim() == 1 for p in model.parameters())  # norms, biases
 
 
-def _step(model, opt, batch):
+def _step(model, opt, batch, lr):
+    for group in opt.param_groups:  # as the training loop's schedule does
+        group["lr"] = lr
     logits = model(batch[:, :-1]).logits
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
     loss.backward()
@@ -88,8 +90,8 @@ def test_resume_from_saved_state_is_exact():
     resumed = build_model(config)
     resumed.load_state_dict(straight.state_dict())
     opt = make_optimizer(straight, cfg)
-    for b in batches[:3]:
-        _step(straight, opt, b)
+    for i, b in enumerate(batches[:3]):
+        _step(straight, opt, b, lr=1e-3 * (i + 1))
     buffer = io.BytesIO()  # as train_state.pt: weights_only
     torch.save({"model": straight.state_dict(), "optimizer": opt.state_dict()}, buffer)
     buffer.seek(0)
@@ -97,9 +99,9 @@ def test_resume_from_saved_state_is_exact():
     resumed.load_state_dict(state["model"])
     opt2 = make_optimizer(resumed, cfg)
     opt2.load_state_dict(state["optimizer"])
-    for b in batches[3:]:
-        _step(straight, opt, b)
-        _step(resumed, opt2, b)
+    for i, b in enumerate(batches[3:]):
+        _step(straight, opt, b, lr=1e-3 / (i + 1))
+        _step(resumed, opt2, b, lr=1e-3 / (i + 1))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 

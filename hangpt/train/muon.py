@@ -67,7 +67,11 @@ class MuonAdamW:
     def __init__(self, matrices: list, others: list[dict], *, lr: float, weight_decay: float, betas, eps: float):
         self.muon = Muon(matrices, lr=lr, weight_decay=weight_decay)
         self.adamw = torch.optim.AdamW(others, lr=lr, betas=betas, eps=eps, fused=True)
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # looked up each time: load_state_dict replaces the parts' group dicts
+        return self.muon.param_groups + self.adamw.param_groups
 
     def step(self) -> None:
         self.muon.step()
