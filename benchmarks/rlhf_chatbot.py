@@ -78,7 +78,8 @@ def main() -> None:
     from hangpt.data.preferences import make_pairs
     from hangpt.train.compare import evaluate_policy, greedy_answers
     from hangpt.train.dpo import train_dpo
-    from hangpt.train.ppo import PPOConfig, reward_model_scorer, train_ppo
+    from hangpt.train.ppo import PPOConfig, train_ppo
+    from hangpt.train.rewards import reward_model_scorer
     from hangpt.train.reward import encode_pairs, evaluate_pairs, load_reward_model, train_reward_model
 
     torch.set_num_threads(os.cpu_count() or 1)

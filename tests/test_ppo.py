@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hangpt.train.loop import TrainConfig
-from hangpt.train.ppo import PPOConfig, Rollout
+from hangpt.train.ppo import PPOConfig
+from hangpt.train.rollout import Rollout
 
 PROMPTS = ["오늘 날씨", "주말에 뭐 해?", "배고파", "공부하기 싫어", "영화 추천해 줘", "봄이 좋아", "잠이 안 와", "안녕"]
 
@@ -66,14 +67,14 @@ def test_ppo_raises_synthetic_reward_with_bounded_kl(tmp_path, tiny_checkpoint):
 
 def test_ppo_interrupt_resume_and_checkpoint_layout(tmp_path, tiny_checkpoint):
     from hangpt.checkpoint import load_checkpoint
-    from hangpt.errors import InputError
+    from hangpt.errors import Interrupted
     from hangpt.train.ppo import train_ppo
 
     targets = _target_tokens(load_checkpoint(tiny_checkpoint).tokenizer)
     ppo = PPOConfig(mini_batch_size=4, ppo_epochs=1, max_new_tokens=6)
     out = tmp_path / "ppo"
     calls = []
-    with pytest.raises(InputError, match="interrupted at step 3"):
+    with pytest.raises(Interrupted, match="interrupted at step 3"):
         train_ppo(tiny_checkpoint, PROMPTS, _counting_scorer(targets, calls, interrupt_at=3),
                   _cfg(out, batch_size=4, max_steps=4), ppo, log=lambda *a: None)
     assert (out / "train_state.pt").exists()

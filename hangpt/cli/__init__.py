@@ -25,11 +25,11 @@ COMMANDS = {
     "rm": ("hangpt.cli.align", "rm", "Train a reward model on ranked answers; score answers."),
     "dpo": ("hangpt.cli.align", "dpo", "Align a model with Direct Preference Optimization."),
     "ppo": ("hangpt.cli.align", "ppo", "Align a model with PPO against a reward model (RLHF)."),
+    "grpo": ("hangpt.cli.align", "grpo", "Align a model with GRPO: answers scored against their group (rules, classifiers, RMs)."),
     "merge": ("hangpt.cli.merge", "merge", "Fold a LoRA adapter into its base model (a full checkpoint folder)."),
     "serve": ("hangpt.cli.serve", "serve", "OpenAI-compatible API and web playground."),
     "feedback": ("hangpt.cli.serve", "feedback", "Export rankings collected in the playground as preference pairs."),
     "inspect": ("hangpt.cli.serve", "inspect", "Show tokens, hidden states, parameters and attention maps."),
-    "lstm": ("hangpt.cli.lstm", "lstm", "Train the LSTM language-model baseline and continue a prompt (to compare with GPT)."),
     "lstm": ("hangpt.cli.lstm", "lstm", "Train the LSTM language-model baseline and continue a prompt (to compare with GPT)."),
     "nlp": ("hangpt.cli.nlp", "nlp", "Classic NLP: Korean morphemes, word counts, TF-IDF, word2vec, baselines."),
 }

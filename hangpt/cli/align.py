@@ -1,4 +1,5 @@
-"""`hangpt rm train|score|eval|make-pairs`, `hangpt dpo` and `hangpt ppo`: alignment with preferences."""
+"""`hangpt rm train|score|eval|make-pairs`, `hangpt dpo`, `hangpt ppo`, `hangpt grpo` and `hangpt compare`:
+alignment with preferences and rewards."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ import click
 
 from .options import (Number, device_option, log, lora_options, print_json, require_model, sampling_options, sampling_settings,
                       train_config, training_options)
+
+_REWARD_HELP = ("A reward source (repeatable; weighted sources are summed): rm:DIR (a reward model), "
+                "classifier:DIR:LABEL (a `hangpt classify` model's probability of LABEL for the answer), "
+                "python:FILE:FUNCTION (FUNCTION(prompt, completion) -> float); prefix WEIGHT* to weigh one, "
+                "e.g. 0.5*python:rules.py:polite.")
+_PROMPTS_HELP = "Prompts: JSONL/JSON array of {prompt} or plain text, one per line."
 
 _PREFS_HELP = ("Preference file: JSONL/JSON array of {prompt, chosen, rejected[, margin]} or KoChatGPT's "
                "{prompt, completion_0.., ranking} (lower rank = better).")
@@ -160,9 +167,9 @@ def dpo(model, data, out, beta, as_json, **opts):
 
 @click.command()
 @click.option("--model", default=None, help="SFT checkpoint: the policy to train and the frozen reference.")
-@click.option("--reward-model", required=True, help="Reward model folder (from `hangpt rm train`).")
-@click.option("--prompts", required=True, type=click.Path(dir_okay=False),
-              help="Prompts: JSONL/JSON array of {prompt} or plain text, one per line.")
+@click.option("--reward-model", default=None, help="Reward model folder (from `hangpt rm train`); same as --reward rm:DIR.")
+@click.option("--reward", "rewards", multiple=True, help=_REWARD_HELP)
+@click.option("--prompts", required=True, type=click.Path(dir_okay=False), help=_PROMPTS_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the policy to.")
 @click.option("--mini-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Rollouts per gradient step (--batch-size rollouts are sampled per PPO step).")
@@ -178,25 +185,38 @@ def dpo(model, data, out, beta, as_json, **opts):
 @training_options
 @lora_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
-def ppo(model, reward_model, prompts, out, mini_batch_size, ppo_epochs, kl_coef, gamma, lam, clip_range,
+def ppo(model, reward_model, rewards, prompts, out, mini_batch_size, ppo_epochs, kl_coef, gamma, lam, clip_range,
         clip_range_value, vf_coef, as_json, **opts):
-    """RLHF with PPO: sample answers, score them with the reward model, keep close to the reference.
+    """RLHF with PPO: sample answers, score them with the reward model (or --reward sources), keep
+    close to the reference.
 
     Logs per step mean reward, KL to the reference, entropy, clip fraction and value loss
     (train_log.jsonl, reward_curve.png). Defaults: batch 16 rollouts, lr 1e-5, 100 steps
     (--epochs counts passes over the prompts). Rollouts sample with the decoding flags (temperature
     1, at most 32 new tokens unless given)."""
+    from ..train.ppo import PPOConfig, train_ppo
+
+    require_model(model, opts["resume"])
+    prompt_list, cfg, sampling = _rl_setup(prompts, out, opts, "PPO")
+    max_new_tokens, temperature = sampling.pop("max_new_tokens", 32), sampling.pop("temperature", 1.0)
+    settings = PPOConfig(mini_batch_size=min(mini_batch_size, cfg.batch_size), ppo_epochs=ppo_epochs,
+                         max_new_tokens=max_new_tokens, temperature=temperature, sampling=sampling, kl_coef=kl_coef,
+                         gamma=gamma, lam=lam, clip_range=clip_range, clip_range_value=clip_range_value, vf_coef=vf_coef)
+    summary = train_ppo(model, prompt_list, None, cfg, settings, reward_model=reward_model, rewards=list(rewards), log=log)
+    _rl_report("PPO", out, summary, as_json)
+
+
+def _rl_setup(prompts, out, opts: dict, stage: str):
+    """(prompts, TrainConfig, sampling settings) of an online RL command: batch 16, lr 1e-5, no
+    weight decay, 100 steps unless --max-steps, --time-budget or --epochs (passes over the prompts)."""
     import math
 
     from ..data.preferences import read_prompts
     from ..errors import InputError
-    from ..train.ppo import PPOConfig, train_ppo
 
-    require_model(model, opts["resume"])
     sampling = sampling_settings(opts)
-    max_new_tokens, temperature = sampling.pop("max_new_tokens", 32), sampling.pop("temperature", 1.0)
-    if temperature <= 0:
-        raise InputError("--temperature must be > 0 for PPO rollouts (the policy's log-probabilities divide by it)")
+    if sampling.get("temperature", 1.0) <= 0:
+        raise InputError(f"--temperature must be > 0 for {stage} rollouts (the policy's log-probabilities divide by it)")
     prompt_list = read_prompts(prompts)
     log(f"{len(prompt_list)} prompts from {prompts}{prompt_list.skipped_note('prompts')}")
     cfg = train_config(out, {**opts, "epochs": None}, batch_size=16, lr=1e-5, default_epochs=None)
@@ -207,13 +227,57 @@ def ppo(model, reward_model, prompts, out, mini_batch_size, ppo_epochs, kl_coef,
     cfg.epochs = None
     if opts["weight_decay"] is None:
         cfg.weight_decay = 0.0
-    settings = PPOConfig(mini_batch_size=min(mini_batch_size, cfg.batch_size), ppo_epochs=ppo_epochs,
-                         max_new_tokens=max_new_tokens, temperature=temperature, sampling=sampling, kl_coef=kl_coef,
-                         gamma=gamma, lam=lam, clip_range=clip_range, clip_range_value=clip_range_value, vf_coef=vf_coef)
-    summary = train_ppo(model, prompt_list, None, cfg, settings, reward_model=reward_model, log=log)
+    return prompt_list, cfg, sampling
+
+
+def _rl_report(stage: str, out, summary: dict, as_json: bool) -> None:
     if as_json:
         print_json({"out": out, **summary})
     else:
         final = summary["final"]
-        click.echo(f"PPO policy written to {out}: {summary['steps']} steps, mean reward {final.get('reward', float('nan')):.4f}, "
-                   f"KL {final.get('kl', float('nan')):.4f}")
+        click.echo(f"{stage} policy written to {out}: {summary['steps']} steps, mean reward "
+                   f"{final.get('reward', float('nan')):.4f}, KL {final.get('kl', float('nan')):.4f}")
+
+
+@click.command()
+@click.option("--model", default=None, help="SFT checkpoint: the policy to train and the frozen reference.")
+@click.option("--reward", "rewards", multiple=True, help=_REWARD_HELP)
+@click.option("--reward-model", default=None, help="Reward model folder; same as --reward rm:DIR.")
+@click.option("--prompts", required=True, type=click.Path(dir_okay=False), help=_PROMPTS_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the policy to.")
+@click.option("--num-generations", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Answers sampled per prompt (the group); --batch-size counts answers and must be a multiple.")
+@click.option("--beta", type=Number(min=0), default=0.04, show_default=True,
+              help="Weight of the k3 KL penalty to the reference (TRL's default is 0: no pull back).")
+@click.option("--epsilon", type=Number(min=0, min_open=True), default=0.2, show_default=True, help="Clip range.")
+@click.option("--epsilon-high", type=Number(min=0, min_open=True), default=None,
+              help="Upper clip range (DAPO's clip-higher; default --epsilon).")
+@click.option("--num-iterations", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Gradient steps on each batch of answers (mu).")
+@click.option("--loss-type", type=click.Choice(["dapo", "grpo", "bnpo", "dr_grpo"]), default="dapo", show_default=True,
+              help="How token losses are averaged (TRL's loss_type).")
+@click.option("--scale-rewards", type=click.Choice(["group", "batch", "none"]), default="group", show_default=True,
+              help="Divide advantages by the reward std of the group, of the batch, or not at all.")
+@sampling_options
+@training_options
+@lora_options
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+def grpo(model, rewards, reward_model, prompts, out, num_generations, beta, epsilon, epsilon_high, num_iterations,
+         loss_type, scale_rewards, as_json, **opts):
+    """GRPO: sample --num-generations answers per prompt, score them, and push up the ones that beat
+    their group's mean (rewards standardised within the group), clipped as PPO, with a k3 KL penalty
+    to the reference. No value head; rule rewards (--reward python:...) work as they are.
+
+    Logs per step reward mean and std (within groups), KL to the reference (per answer), clip ratio,
+    entropy and completion length (train_log.jsonl, reward_curve.png). Defaults: batch 16 answers
+    (2 prompts x 8), lr 1e-5, 100 steps; --max-new-tokens is TRL's max_completion_length [64]."""
+    from ..train.grpo import GRPOConfig, train_grpo
+
+    require_model(model, opts["resume"])
+    prompt_list, cfg, sampling = _rl_setup(prompts, out, opts, "GRPO")
+    specs = [*([f"rm:{reward_model}"] if reward_model else []), *rewards]
+    settings = GRPOConfig(num_generations=num_generations, beta=beta, epsilon=epsilon, epsilon_high=epsilon_high,
+                          temperature=sampling.pop("temperature", 1.0), max_completion_length=sampling.pop("max_new_tokens", 64),
+                          loss_type=loss_type, scale_rewards=scale_rewards, num_iterations=num_iterations, sampling=sampling)
+    summary = train_grpo(model, prompt_list, None, cfg, settings, rewards=specs, log=log)
+    _rl_report("GRPO", out, summary, as_json)

@@ -10,7 +10,8 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..engine import Engine, GenerationConfig
 from ..templates import template_for
-from .ppo import Rollout, ScoreFn, response_hidden, response_logprobs, reward_model_scorer
+from .rewards import ScoreFn, reward_model_scorer
+from .rollout import Rollout, response_hidden, response_logprobs
 
 
 @torch.no_grad()

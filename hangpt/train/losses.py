@@ -115,3 +115,60 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     """0.5 * mean max((v - R)^2, (v_clipped - R)^2), v_clipped = old + clip(v - old, -e, e)."""
     clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group") -> torch.Tensor:
+    """GRPO's advantage of each completion: its reward minus the mean reward of its group (the
+    num_generations consecutive completions of one prompt), divided by std + 1e-4 with the std
+    (Bessel-corrected) taken per group ("group"), over the batch ("batch") or not at all ("none"),
+    as TRL's GRPOTrainer computes it. A group of one completion has advantage 0."""
+    grouped = rewards.view(-1, num_generations)
+    advantages = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
+    if scale_rewards == "group":
+        std = grouped.std(1, keepdim=True) if num_generations > 1 else torch.zeros_like(grouped)
+        return advantages / (std.expand_as(grouped).reshape(-1) + 1e-4)
+    if scale_rewards == "batch":
+        std = rewards.std() if rewards.numel() > 1 else torch.zeros_like(rewards[0])
+        return advantages / (std + 1e-4)
+    return advantages
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate exp(ref - logp) - (ref - logp) - 1 on samples of pi
+    (Schulman's k3: unbiased, never negative, low variance)."""
+    d = ref_logprobs - logprobs
+    return torch.exp(d) - d - 1
+
+
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              epsilon_low: float, epsilon_high: float, beta: float = 0.0, ref_logprobs: torch.Tensor | None = None,
+              loss_type: str = "dapo", max_completion_length: int | None = None) -> tuple[torch.Tensor, dict]:
+    """TRL's GRPO loss: per token -min(r A, clip(r, 1-eps_low, 1+eps_high) A) + beta * k3 KL to the
+    reference, r = pi/pi_old, A the completion's advantage (B,), reduced as `loss_type` says:
+    "grpo" the mean over completions of each one's token mean; "bnpo" and "dapo" the mean over all
+    tokens of the batch; "dr_grpo" the sum over tokens / (B * max_completion_length).
+    Returns (loss, {"kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"})."""
+    mask = mask.to(logprobs.dtype)
+    advantages = advantages.unsqueeze(1)
+    ratio = torch.exp(logprobs - old_logprobs)
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    per_token = -torch.min(ratio * advantages, clipped * advantages)
+    stats = {}
+    if ref_logprobs is not None:
+        kl = k3_kl(logprobs, ref_logprobs)
+        stats["kl"] = masked_mean(kl.detach(), mask)
+        if beta:
+            per_token = per_token + beta * kl
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    elif loss_type in ("bnpo", "dapo"):
+        loss = masked_mean(per_token, mask)
+    elif loss_type == "dr_grpo":
+        loss = (per_token * mask).sum() / (per_token.shape[0] * max_completion_length)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    low = (ratio < 1 - epsilon_low) & (advantages < 0)
+    high = (ratio > 1 + epsilon_high) & (advantages > 0)
+    stats.update({"clip_ratio/low_mean": masked_mean(low.float(), mask), "clip_ratio/high_mean": masked_mean(high.float(), mask),
+                  "clip_ratio/region_mean": masked_mean((low | high).float(), mask)})
+    return loss, stats
