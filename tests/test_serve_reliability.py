@@ -150,7 +150,7 @@ def test_rankings_are_capped_in_answers_and_size(server):
     assert _post(server, ok, path="/feedback").status_code == 200
     many = {"prompt": "q", "answers": [f"a{i}" for i in range(5000)], "ranking": list(range(5000))}
     r = _post(server, many, path="/feedback")
-    assert r.status_code == 400 and "at most 8 answers" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "at most 16 answers" in r.json()["error"]["message"]
     huge = {"prompt": "q", "answers": ["a", "b" * 30_000], "ranking": [0, 1]}
     r = _post(server, huge, path="/feedback")
     assert r.status_code == 400 and "answers.1" in r.json()["error"]["message"]

@@ -11,14 +11,16 @@ import httpx
 
 
 @contextmanager
-def running_server(model_dir: Path, **settings):
-    """Serve the checkpoint at `model_dir` on 127.0.0.1; yields the base URL."""
+def running_server(model_dir: Path | dict[str, Path], **settings):
+    """Serve the checkpoint at `model_dir` (or {name: folder} for several) on 127.0.0.1; yields the base URL."""
     import uvicorn
 
     from hangpt.checkpoint import load_checkpoint
     from hangpt.serve.app import ServerSettings, create_app
 
-    app = create_app(load_checkpoint(model_dir), ServerSettings(**{"model_name": "tiny", **settings}))
+    loaded = ({name: load_checkpoint(d) for name, d in model_dir.items()} if isinstance(model_dir, dict)
+              else load_checkpoint(model_dir))
+    app = create_app(loaded, ServerSettings(**{"model_name": "tiny", **settings}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -8,7 +8,9 @@ from .options import device_option, log, print_json
 
 
 @click.command()
-@click.option("--model", required=True, help="Checkpoint folder (or hub id) to serve.")
+@click.option("--model", "models", required=True, multiple=True,
+              help="Checkpoint folder (or hub id) to serve; repeat it to serve several, as DIR (named after the "
+                   "folder) or NAME=DIR. Requests pick one by their `model` field (the first by default).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 127.0.0.1 keeps the server private to this machine.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -28,7 +30,7 @@ from .options import device_option, log, print_json
               help="Also answer requests whose Host header is this name (repeatable; * answers any). By default "
                    "only the names of the --host address are answered, which keeps web pages from reaching the "
                    "server through DNS rebinding.")
-def serve(model, host, port, api_key, feedback_db, max_batch_size, max_tokens_limit, max_n, model_name, device, allowed_hosts):
+def serve(models, host, port, api_key, feedback_db, max_batch_size, max_tokens_limit, max_n, model_name, device, allowed_hosts):
     """OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and the web
     playground at / (chat, compare-and-rank, attention maps)."""
     import os
@@ -39,28 +41,54 @@ def serve(model, host, port, api_key, feedback_db, max_batch_size, max_tokens_li
     from ..checkpoint import load_checkpoint
     from ..serve.app import ServerSettings, allowed_hosts_for, create_app
 
-    ckpt = load_checkpoint(model)
-    ckpt.model.to(device)
+    named = _model_names(models, model_name)
+    checkpoints = {}
+    for name, folder in named.items():
+        checkpoints[name] = load_checkpoint(folder)
+        checkpoints[name].model.to(device)
+    ckpt = next(iter(checkpoints.values()))
     if feedback_db is None:
         folder = ckpt.path if ckpt.path and os.access(ckpt.path, os.W_OK) else Path("hangpt-run")
         feedback_db = Path(folder) / "feedback.sqlite"
     settings = ServerSettings(
-        model_name=model_name or Path(model).name,
+        model_name=next(iter(named)),
         api_key=api_key,
         feedback_db=Path(feedback_db),
         max_batch_size=max_batch_size,
-        max_tokens_limit=max_tokens_limit or ckpt.model.config.context_length,
+        max_tokens_limit=max_tokens_limit or max(c.model.config.context_length for c in checkpoints.values()),
         max_n=max_n,
         allowed_hosts=allowed_hosts_for(host, allowed_hosts),
     )
-    app = create_app(ckpt, settings)
+    app = create_app(checkpoints, settings)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
-    click.echo(f"serving {settings.model_name} ({ckpt.model.num_parameters() / 1e6:.1f}M parameters)", err=True)
+    for name, c in checkpoints.items():
+        click.echo(f"serving {name} ({c.model.num_parameters() / 1e6:.1f}M parameters)", err=True)
     click.echo(f"  playground:  http://{shown}:{port}/", err=True)
     click.echo(f"  OpenAI API:  http://{shown}:{port}/v1  (api key {'required' if api_key else 'not required'})",
                err=True)
     click.echo(f"  rankings saved to {feedback_db}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _model_names(models: tuple[str, ...], model_name: str | None) -> dict[str, str]:
+    """{name: folder} from the --model values: NAME=DIR, or DIR named after its folder (--model-name
+    renames a single model)."""
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    named = {}
+    for value in models:
+        name, sep, folder = value.partition("=")
+        if not sep or Path(value).exists():
+            name, folder = Path(value.rstrip("/")).name or value, value
+        if len(models) == 1 and model_name:
+            name = model_name
+        if not name or name in named:
+            raise InputError(f"--model {value}: {'the name is empty' if not name else f'a second model named {name!r}'}"
+                             " (give each one a name as NAME=DIR)")
+        named[name] = folder
+    return named
 
 
 @click.group()
