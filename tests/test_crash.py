@@ -30,6 +30,8 @@ STAGES = {
     "dpo": lambda f: ["dpo", "--model", f["base"], "--data", f["prefs"], "--max-length", 48],
     "ppo": lambda f: ["ppo", "--model", f["base"], "--reward-model", f["reward"], "--prompts", f["prompts"],
                       "--mini-batch-size", 2, "--ppo-epochs", 1, "--max-new-tokens", 6],
+    "grpo": lambda f: ["grpo", "--model", f["base"], "--reward", f"rm:{f['reward']}", "--prompts", f["prompts"],
+                       "--num-generations", 2, "--max-new-tokens", 6],
 }
 ENV = {**os.environ, "HANGPT_THREADS": "1", "OMP_NUM_THREADS": "1", "HANGPT_FAST_DECODE": "1"}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import numbers
 import re
 import sys
 from dataclasses import dataclass
@@ -139,13 +140,9 @@ def python_texts(file: str, function: str, spec: str | None = None):
         out = []
         for p, t in zip(prompts, texts):
             value = fn(p, t)
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                value = math.nan
-            if not math.isfinite(value):
+            if not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise InputError(f"--reward {spec!r}: {function}() returned {value!r}, not a finite number")
-            out.append(value)
+            out.append(float(value))
         return out
 
     return score
