@@ -62,9 +62,10 @@ def _beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> 
             log_probs = proc.warp(log_probs)
         log_probs = (log_probs.view(B, nb, V) + running_scores[:, :, None]).view(B, nb * V)
 
-        if proc.any_sample:
+        if proc.any_sample:  # sampled without replacement, then best first, as transformers orders them
             top_idx = torch.multinomial(log_probs.softmax(dim=-1), keep, generator=generator)
-            top_lp = log_probs.gather(1, top_idx)
+            top_lp, order = log_probs.gather(1, top_idx).sort(dim=-1, descending=True)
+            top_idx = top_idx.gather(1, order)
         else:
             top_lp, top_idx = topk(log_probs, keep)
         top_beam = top_idx // V
@@ -80,9 +81,6 @@ def _beam_search(engine, prompts: list[list[int]], config: GenerationConfig) -> 
         if hits is None:
             # nothing ended (the usual step): the best num_beams continuations simply run on, and
             # the finished list cannot change (the branch below would only rank -1e9 scores)
-            if proc.any_sample:  # sampled candidates come unordered: keep the best num_beams
-                nxt = torch.topk(top_lp, nb)[1]
-                top_lp, top_beam, top_ids = (torch.take_along_dim(t, nxt, dim=1) for t in (top_lp, top_beam, top_ids))
             running = torch.take_along_dim(running, top_beam[:, :nb, None], dim=1)
             running[:, :, cur] = top_ids[:, :nb]
             running_scores = top_lp[:, :nb]
