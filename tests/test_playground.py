@@ -91,3 +91,22 @@ def test_attention_page_draws_a_heatmap(page):
     assert drawn
     page.select_option("#attention-head", "-1")
     assert "next token" in page.inner_text("#attention-next")
+
+
+def test_model_menu_picks_the_model_of_each_request(page, tiny_checkpoint):
+    with running_server({"tiny": tiny_checkpoint, "other": tiny_checkpoint}) as url:
+        menu_page = page.context.browser.new_page()  # the module's browser: one Playwright at a time
+        menu_page.goto(url + "/")
+        menu_page.wait_for_function("document.querySelectorAll('#model-menu option').length === 2")
+        assert menu_page.is_visible("#model-menu")
+        menu_page.select_option("#model-menu", "other")
+        requests = []
+        menu_page.on("request", lambda r: requests.append(r.post_data or "")
+                     if r.url.endswith("/v1/chat/completions") else None)
+        _set_slider(menu_page, "max_tokens", 4)
+        menu_page.fill("#chat-input", "안녕하세요?")
+        menu_page.press("#chat-input", "Enter")
+        menu_page.wait_for_selector(".msg.assistant.done", timeout=60_000)
+        menu_page.close()
+    assert requests and '"model":"other"' in requests[0]
+    assert not page.is_visible("#model-menu")  # one model served: no menu

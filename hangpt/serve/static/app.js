@@ -35,6 +35,7 @@ function sampling() {
     frequency_penalty: num("frequency_penalty"), presence_penalty: num("presence_penalty"),
     valid_utf8: true,
     ...(stop.length ? { stop } : {}),
+    ...($("model-menu").value ? { model: $("model-menu").value } : {}),
   };
 }
 
@@ -94,6 +95,9 @@ async function loadConfig() {
   const config = await r.json();
   state.config = config;
   $("model-name").textContent = `${config.model} · context ${config.context}`;
+  const menu = $("model-menu");  // several models served: requests name the one chosen here
+  menu.replaceChildren(...config.models.map((name) => new Option(name, name)));
+  menu.hidden = config.models.length < 2;
   $("api-key-box").hidden = !config.api_key_required;
   const max = Math.min(config.max_tokens_limit, config.context - 1);
   $("max_tokens").max = max;
