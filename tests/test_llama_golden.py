@@ -9,7 +9,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from hangpt.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from hangpt.engine import Engine, GenerationConfig  # noqa: E402
+from hangpt.engine import Engine  # noqa: E402
+from test_engine_golden import hf_new_tokens, ours  # noqa: E402
 
 SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
@@ -74,20 +75,6 @@ def test_padded_batch_with_cache_equals_transformers(pair):
         step = engine.step(batch, nxt)
         ref_step = hf(torch.cat([ids, nxt[:, None]], 1), attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)).logits[:, -1]
     torch.testing.assert_close(step, ref_step, atol=1e-4, rtol=1e-4)
-
-
-def hf_new_tokens(hf, prompts, eos, **kwargs):
-    L = max(map(len, prompts))
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    with torch.no_grad():
-        out = hf.generate(ids, attention_mask=mask, eos_token_id=eos, pad_token_id=0, **kwargs)
-    rows = [o[L:].tolist() for o in out]
-    return [r[: r.index(eos)] if eos in r else r for r in rows]
-
-
-def ours(engine, prompts, **kwargs):
-    return [c.token_ids for group in engine.generate(prompts, GenerationConfig(**kwargs)) for c in group]
 
 
 @pytest.mark.parametrize("controls", [
