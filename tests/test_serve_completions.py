@@ -143,3 +143,19 @@ def test_two_models_in_one_server(tiny_checkpoint, tmp_path, tiny_tokenizer):
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="big", prompt="오늘", max_tokens=2)
         assert httpx.get(url + "/playground/config").json()["models"] == ["tiny", "small"]
+
+
+def test_cli_flags_and_request_fields_share_one_definition():
+    from dataclasses import fields
+
+    from hangpt.cli.options import _generation_flags
+    from hangpt.engine import GenerationConfig
+    from hangpt.serve.schemas import SamplingFields
+
+    defined = {f.name: f.metadata["help"] for f in fields(GenerationConfig)}
+    flags = {name: option(lambda: None).__click_params__[0] for name, option in _generation_flags().items()}
+    assert set(flags) == set(defined) and all(flags[n].help == defined[n] for n in defined)
+    for name in ("top_p", "min_p", "presence_penalty", "repetition_penalty", "valid_utf8"):
+        assert SamplingFields.model_fields[name].description == defined[name]
+    with pytest.raises(Exception, match="min_p"):
+        CompletionRequest(prompt="x", min_p=1.5)

@@ -135,33 +135,28 @@ def _token_bias(ctx, param, values):
 
 
 def _generation_flags() -> dict:
-    """flag name -> click option, for every decoding flag."""
-    return {
-        "max_new_tokens": click.option("--max-new-tokens", type=int, default=None, help="Tokens to generate at most [64]."),
-        "do_sample": click.option("--do-sample/--greedy", "do_sample", default=None,
-                                  help="Sample (with the filters below) instead of greedy/beam decoding."),
-        "temperature": click.option("--temperature", type=float, default=None, help="Sampling temperature [1.0]."),
-        "top_k": click.option("--top-k", type=int, default=None, help="Sample among the k most likely tokens (0 = off)."),
-        "top_p": click.option("--top-p", type=float, default=None, help="Nucleus sampling: smallest set with this much probability."),
-        "min_p": click.option("--min-p", type=float, default=None, help="Drop tokens below min-p x the top token's probability."),
-        "repetition_penalty": click.option("--repetition-penalty", type=float, default=None, help="transformers' penalty on seen tokens (1 = off)."),
-        "frequency_penalty": click.option("--frequency-penalty", type=float, default=None, help="OpenAI: subtract this x count of each generated token."),
-        "presence_penalty": click.option("--presence-penalty", type=float, default=None, help="OpenAI: subtract this from every generated token."),
-        "no_repeat_ngram_size": click.option("--no-repeat-ngram-size", type=int, default=None, help="Never repeat an n-gram of this size."),
-        "num_beams": click.option("--num-beams", type=int, default=None, help="Beam search with this many beams (1 = off)."),
-        "length_penalty": click.option("--length-penalty", type=float, default=None, help="Beam score = logprob / length ** this [1.0]."),
-        "early_stopping": click.option("--early-stopping", type=click.Choice(["true", "false", "never"]), default=None,
-                                       help="Beam search stopping rule, as in transformers."),
-        "num_return_sequences": click.option("--num-return-sequences", type=int, default=None, help="Sequences per prompt."),
-        "eos_token_id": click.option("--eos-token-id", type=int, multiple=True, help="Stop at this token id (repeatable; default: the model's)."),
-        "stop": click.option("--stop", multiple=True, help="Stop string, not included in the output (repeatable)."),
-        "logit_bias": click.option("--logit-bias", multiple=True, callback=_token_bias, help="ID=BIAS added to a token's logit (repeatable)."),
-        "logprobs": click.option("--logprobs", type=int, default=None, help="Report each token's logprob and the N most likely alternatives."),
-        "seed": click.option("--seed", type=click.IntRange(-2**63, 2**63 - 1), default=None,
-                     help="Random seed (sampling repeats exactly)."),
-        "valid_utf8": click.option("--valid-utf8", is_flag=True, default=None,
-                                   help="Only tokens that keep the text valid UTF-8 (no half-written characters)."),
+    """flag name -> click option, for every decoding flag: `--field-name VALUE` with the help text of
+    the GenerationConfig field (engine/config.py), except the few flags shaped otherwise."""
+    from dataclasses import fields
+
+    from ..engine.config import GenerationConfig
+
+    types = {"int": int, "float": float}
+    shaped = {
+        "do_sample": dict(param_decls=("--do-sample/--greedy", "do_sample")),
+        "early_stopping": dict(type=click.Choice(["true", "false", "never"])),
+        "eos_token_id": dict(type=int, multiple=True, default=()),
+        "stop": dict(multiple=True, default=()),
+        "logit_bias": dict(multiple=True, default=(), callback=_token_bias),
+        "seed": dict(type=click.IntRange(-2**63, 2**63 - 1)),
+        "valid_utf8": dict(is_flag=True),
     }
+    flags = {}
+    for f in fields(GenerationConfig):
+        kwargs = {"type": types.get(f.type.split(" |")[0]), "default": None, "help": f.metadata["help"], **shaped.get(f.name, {})}
+        decls = kwargs.pop("param_decls", ("--" + f.name.replace("_", "-"),))
+        flags[f.name] = click.option(*decls, **kwargs)
+    return flags
 
 
 def _add_options(f, names):

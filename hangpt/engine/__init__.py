@@ -6,6 +6,14 @@
 """
 
 from .config import Completion, GenerationConfig, StreamEvent
-from .core import Engine
+
+
+def __getattr__(name):
+    """Engine (and torch) load on first use, so the CLI reads GenerationConfig's fields without them."""
+    if name == "Engine":
+        from .core import Engine
+
+        return Engine
+    raise AttributeError(name)
 
 __all__ = ["Completion", "Engine", "GenerationConfig", "StreamEvent"]

@@ -9,28 +9,41 @@ from dataclasses import dataclass, field, fields
 from ..errors import InputError
 
 
+def setting(default, help: str, *, api: dict | None = None, factory=None):
+    """A GenerationConfig field with its help text, the one definition the CLI flags (cli/options.py)
+    and the server's request fields (serve/schemas.py) are generated from. api: the bounds of the
+    OpenAI/vLLM request field of the same name and meaning (pydantic Field keywords); None when the
+    request spells the setting differently or not at all."""
+    meta = {"help": help, "api": api}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 64
-    do_sample: bool = False  # False: greedy (or beam search if num_beams > 1)
-    temperature: float = 1.0  # with do_sample, 0 means greedy (as in the OpenAI API)
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0  # transformers' (CTRL) penalty over prompt + generated tokens
-    frequency_penalty: float = 0.0  # OpenAI: logit -= freq * count(generated token)
-    presence_penalty: float = 0.0  # OpenAI: logit -= pres * (count > 0)
-    no_repeat_ngram_size: int = 0
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: bool | str = False  # True, False or "never", as in transformers
-    num_return_sequences: int = 1
-    eos_token_id: int | list[int] | None = None  # None: the model config's eos_token_id
-    stop: list[str] = field(default_factory=list)  # stop strings; the stop text is not returned
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    logprobs: int | None = None  # None: off; 0: logprob of each chosen token; k: plus top-k alternatives
-    seed: int | None = None
-    valid_utf8: bool = False  # only tokens that keep the text valid UTF-8 (no U+FFFD the model half-wrote)
+    max_new_tokens: int = setting(64, "Tokens to generate at most [64].")
+    do_sample: bool = setting(False, "Sample (with the filters below) instead of greedy/beam decoding.")
+    temperature: float = setting(1.0, "Sampling temperature [1.0].")  # with do_sample, 0 means greedy (OpenAI)
+    top_k: int = setting(0, "Sample among the k most likely tokens (0 = off).")
+    top_p: float = setting(1.0, "Nucleus sampling: smallest set with this much probability.", api={"gt": 0, "le": 1})
+    min_p: float = setting(0.0, "Drop tokens below min-p x the top token's probability.", api={"ge": 0, "le": 1})
+    repetition_penalty: float = setting(1.0, "transformers' penalty on seen tokens (1 = off).", api={"gt": 0})
+    frequency_penalty: float = setting(0.0, "OpenAI: subtract this x count of each generated token.",
+                                       api={"ge": -2, "le": 2})
+    presence_penalty: float = setting(0.0, "OpenAI: subtract this from every generated token.", api={"ge": -2, "le": 2})
+    no_repeat_ngram_size: int = setting(0, "Never repeat an n-gram of this size.", api={"ge": 0})
+    num_beams: int = setting(1, "Beam search with this many beams (1 = off).")
+    length_penalty: float = setting(1.0, "Beam score = logprob / length ** this [1.0].", api={})
+    early_stopping: bool | str = setting(False, "Beam search stopping rule, as in transformers.")  # True, False, "never"
+    num_return_sequences: int = setting(1, "Sequences per prompt.")
+    eos_token_id: int | list[int] | None = setting(None, "Stop at this token id (repeatable; default: the model's).")
+    stop: list[str] = setting(None, "Stop string, not included in the output (repeatable).", factory=list)
+    logit_bias: dict[int, float] = setting(None, "ID=BIAS added to a token's logit (repeatable).", factory=dict)
+    logprobs: int | None = setting(None, "Report each token's logprob and the N most likely alternatives.")
+    seed: int | None = setting(None, "Random seed (sampling repeats exactly).")
+    valid_utf8: bool = setting(False, "Only tokens that keep the text valid UTF-8 (no half-written characters).",
+                               api={})
 
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationConfig":

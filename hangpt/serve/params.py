@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from ..engine import GenerationConfig
 from .batcher import Job
 from .responses import ApiError
-from .schemas import SamplingFields
+from .schemas import SETTINGS, SamplingFields
 
 
 @dataclass(frozen=True)
@@ -77,26 +77,22 @@ def generation_config(body: SamplingFields, limits: Limits, max_new_tokens: int,
         bias[int(key)] = value
     temperature = 1.0 if body.temperature is None else body.temperature
     beam = body.use_beam_search
+    given = {name: getattr(body, name) for name in SETTINGS if getattr(body, name) is not None}
+    if beam:
+        given.pop("valid_utf8", None)  # whole tokens of beams: nothing to mask
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=not beam and temperature > 0,
         temperature=temperature if temperature > 0 else 1.0,
         top_k=max(body.top_k or 0, 0),
-        top_p=1.0 if body.top_p is None else body.top_p,
-        min_p=body.min_p or 0.0,
-        repetition_penalty=body.repetition_penalty or 1.0,
-        frequency_penalty=body.frequency_penalty,
-        presence_penalty=body.presence_penalty,
-        no_repeat_ngram_size=body.no_repeat_ngram_size or 0,
         num_beams=max(n, body.best_of or 4) if beam else 1,
-        length_penalty=body.length_penalty,
         early_stopping=body.early_stopping,
         num_return_sequences=n if beam else 1,
         stop=stops + [s for s in extra_stops if s not in stops],
         logit_bias=bias,
         logprobs=logprobs,
         seed=body.seed,
-        valid_utf8=body.valid_utf8 and not beam,
+        **given,
     )
 
 

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from ..engine.config import GenerationConfig
 
 
 def _lone_surrogate(value, path: str = "") -> str | None:
@@ -32,25 +35,20 @@ class Body(BaseModel):
         return data
 
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-
-
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(Body):
+class _Sampling(Body):
+    """The fields the server spells its own way; the rest of SamplingFields comes from GenerationConfig."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1)] = 1
     stop: str | list[str] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    presence_penalty: Penalty = 0.0
-    frequency_penalty: Penalty = 0.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     seed: Annotated[int, Field(ge=-2**63, le=2**63 - 1)] | None = None  # vLLM's range: seed + n fits a generator
     stream: bool = False
@@ -58,15 +56,18 @@ class SamplingFields(Body):
     user: str | None = None
     # vLLM extras
     top_k: Annotated[int, Field(ge=-1)] | None = None
-    min_p: Probability | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0)] | None = None
-    no_repeat_ngram_size: Annotated[int, Field(ge=0)] | None = None
     use_beam_search: bool = False
     best_of: Annotated[int, Field(ge=1)] | None = None
-    length_penalty: float = 1.0
     early_stopping: bool = False
-    # hangpt: only tokens that keep the text valid UTF-8 (no U+FFFD from half-written characters)
-    valid_utf8: bool = False
+
+
+# GenerationConfig's fields that requests name and mean the same way (top_p, penalties, vLLM's
+# min_p, ..., hangpt's valid_utf8), with the bounds and help of their one definition; unset = its default
+SETTINGS = {f.name: f for f in fields(GenerationConfig) if f.metadata["api"] is not None}
+SamplingFields = create_model("SamplingFields", __base__=_Sampling, **{
+    name: (Annotated[{"int": int, "float": float, "bool": bool}[f.type], Field(**f.metadata["api"])] | None,
+           Field(None, description=f.metadata["help"]))
+    for name, f in SETTINGS.items()})
 
 
 class TextPart(BaseModel):
