@@ -80,6 +80,30 @@ def test_compare_rank_save_and_export(page, tmp_path):
                                                            (answers[2], answers[0])}
 
 
+def test_sixteen_answers_are_ranked_saved_and_exported(page, tmp_path):
+    from hangpt.serve.feedback import FeedbackStore, export_pairs
+
+    page.click("button[data-tab=compare]")
+    _set_slider(page, "max_tokens", 4)
+    _set_slider(page, "temperature", 1.5)
+    page.fill("#compare-input", "무엇을 먹을까요?")
+    page.fill("#compare-n", "16")  # two requests of n=8 (the server's --max-n)
+    page.click("#compare-go")
+    page.wait_for_selector("#compare-save:not([disabled])", timeout=120_000)
+    answers = page.eval_on_selector_all("#compare-answers .text", "els => els.map(e => e.textContent)")
+    assert len(answers) == 16 and all(answers)
+    page.select_option("#compare-answers .answer:nth-child(1) select", "16")  # first and last swap places
+    page.select_option("#compare-answers .answer:nth-child(16) select", "1")
+    page.click("#compare-save")
+    page.wait_for_function("document.querySelector('#compare-status').textContent.includes('saved')")
+    stored = list(FeedbackStore(page.db).rankings())[-1]
+    assert stored["prompt"] == "무엇을 먹을까요?" and stored["answers"] == answers
+    assert stored["ranks"] == [15, *range(1, 15), 0]
+    summary = export_pairs(page.db, tmp_path / "prefs.jsonl")
+    distinct = len(set(answers))
+    assert summary["rankings"] >= 1 and summary["pairs"] >= distinct * (distinct - 1) // 2 > 0
+
+
 def test_attention_page_draws_a_heatmap(page):
     page.click("button[data-tab=attention]")
     page.fill("#attention-input", "오늘 날씨가 정말 좋네요.")

@@ -103,7 +103,7 @@ async function loadConfig() {
   $("max_tokens").max = max;
   if (Number($("max_tokens").value) > max) $("max_tokens").value = max;
   $("max_tokens").dispatchEvent(new Event("input"));
-  $("compare-n").max = config.max_n;
+  $("compare-n").max = config.max_ranked;
   if (config.default_system) $("system").placeholder = config.default_system;
 }
 
@@ -193,7 +193,8 @@ async function generateAnswers(event) {
   event.preventDefault();
   const prompt = $("compare-input").value.trim();
   if (!prompt) return;
-  const n = Math.max(2, Math.min(Number($("compare-n").value) || 2, state.config ? state.config.max_n : 8));
+  const n = Math.max(2, Math.min(Number($("compare-n").value) || 2, state.config ? state.config.max_ranked : 16));
+  const perRequest = state.config ? state.config.max_n : 8;  // more answers than n allows: several requests
   const params = { ...sampling(), n };
   $("compare-go").disabled = true;
   $("compare-save").disabled = true;
@@ -202,11 +203,18 @@ async function generateAnswers(event) {
   renderAnswers(answers);
   const texts = [...document.querySelectorAll("#compare-answers .text")];
   try {
-    await streamChat({ messages: [...systemMessages(), { role: "user", content: prompt }], ...params }, (chunk) => {
-      for (const c of chunk.choices) {
-        if (c.delta && c.delta.content) { answers[c.index] += c.delta.content; texts[c.index].textContent = answers[c.index]; }
-      }
-    });
+    const requests = [];
+    for (let first = 0; first < n; first += perRequest) {
+      const part = { ...params, n: Math.min(perRequest, n - first) };
+      if (part.seed !== undefined) part.seed += first;
+      requests.push(streamChat({ messages: [...systemMessages(), { role: "user", content: prompt }], ...part }, (chunk) => {
+        for (const c of chunk.choices) {
+          const i = first + c.index;
+          if (c.delta && c.delta.content) { answers[i] += c.delta.content; texts[i].textContent = answers[i]; }
+        }
+      }));
+    }
+    await Promise.all(requests);
     state.compare = { prompt, system: $("system").value.trim(), answers, params };
     $("compare-save").disabled = false;
     $("compare-status").textContent = "rank the answers (1 = best), then save";
