@@ -25,6 +25,7 @@ COMMANDS = {
     "rm": ("hangpt.cli.align", "rm", "Train a reward model on ranked answers; score answers."),
     "dpo": ("hangpt.cli.align", "dpo", "Align a model with Direct Preference Optimization."),
     "ppo": ("hangpt.cli.align", "ppo", "Align a model with PPO against a reward model (RLHF)."),
+    "compare": ("hangpt.cli.align", "compare", "Policies side by side: reward, independent judges, KL, length, diversity."),
     "grpo": ("hangpt.cli.align", "grpo", "Align a model with GRPO: answers scored against their group (rules, classifiers, RMs)."),
     "merge": ("hangpt.cli.merge", "merge", "Fold a LoRA adapter into its base model (a full checkpoint folder)."),
     "serve": ("hangpt.cli.serve", "serve", "OpenAI-compatible API and web playground."),

@@ -281,3 +281,63 @@ def grpo(model, rewards, reward_model, prompts, out, num_generations, beta, epsi
                           loss_type=loss_type, scale_rewards=scale_rewards, num_iterations=num_iterations, sampling=sampling)
     summary = train_grpo(model, prompt_list, None, cfg, settings, rewards=specs, log=log)
     _rl_report("GRPO", out, summary, as_json)
+
+
+def _named_folder(ctx, param, values):
+    """`--policy NAME=DIR` pairs -> {name: dir}, in the order given."""
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{value!r}: expected NAME=DIR", ctx, param)
+        out[name] = path
+    return out
+
+
+@click.command()
+@click.option("--policy", "policies", multiple=True, required=True, callback=_named_folder,
+              help="NAME=DIR of a policy to compare (repeatable); the first is the baseline of the win rates.")
+@click.option("--reference", default=None, help="Model the KL is measured to [the first --policy].")
+@click.option("--prompts", required=True, type=click.Path(dir_okay=False), help="Held-out prompts (as for ppo/grpo).")
+@click.option("--reward", "rewards", multiple=True, help="The training reward (specs as for ppo/grpo; summed).")
+@click.option("--reward-model", default=None, help="Reward model folder; same as --reward rm:DIR.")
+@click.option("--judge", "judges", multiple=True,
+              help="An independent judge, a reward spec the policies were not trained against (repeatable): "
+                   "its mean score and win rate over the first policy are reported.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=24, show_default=True)
+@click.option("--samples", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Prompts shown with each policy's greedy answer.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the table and samples as JSON.")
+def compare(policies, reference, prompts, rewards, reward_model, judges, max_new_tokens, samples, seed, device, as_json):
+    """Policies side by side on held-out prompts: mean training reward of sampled answers, each
+    --judge's mean and win rate over the first policy, KL to the reference (nats per answer),
+    mean length (tokens) and distinct-2 (distinct token bigrams / all bigrams)."""
+    from ..data.preferences import read_prompts
+    from ..errors import InputError
+    from ..train.compare import compare_policies
+
+    if not (rewards or reward_model):
+        raise InputError("give --reward or --reward-model (the training reward)")
+    prompt_list = [p for p in read_prompts(prompts) if isinstance(p, str)]
+    table = compare_policies(policies, reference or next(iter(policies.values())), reward_model, prompt_list, seed=seed,
+                             max_new_tokens=max_new_tokens, n_samples=samples, rewards=list(rewards), judges=list(judges))
+    if as_json:
+        print_json(table)
+        return
+    rows = table["policies"]
+    columns = {c: c for c in ("reward", "kl", "length", "distinct2")}
+    for i, spec in enumerate(judges, 1):
+        columns.update({f"judge/{spec}": f"judge{i}", f"win/{spec}": f"win{i}"})
+    width = max(map(len, rows)) + 2
+    click.echo(f"{len(prompt_list)} held-out prompts; KL to {reference or next(iter(policies.values()))}")
+    click.echo("policy".ljust(width) + "".join(f"{label:>11}" for label in columns.values()))
+    for name, row in rows.items():
+        click.echo(name.ljust(width) + "".join(f"{row[c]:>11.4f}" for c in columns))
+    for i, spec in enumerate(judges, 1):
+        click.echo(f"judge{i} = {spec}; win{i} = its win rate over {next(iter(policies))}")
+    for s in table["samples"]:
+        click.echo(f"\n> {s['prompt']}")
+        for name, answer in s["answers"].items():
+            click.echo(f"  {name}: {answer}")

@@ -1,5 +1,8 @@
-"""Compare chat policies (SFT, DPO, PPO) the way RLHF papers do: mean reward-model score of their
-sampled answers to held-out prompts, and how far each moved from the SFT model (KL on those samples)."""
+"""Compare chat policies (SFT, DPO, PPO, GRPO) the way RLHF papers do, on held-out prompts: the mean
+training reward of their sampled answers, and beside it what the policy could not have gamed:
+judges it was not trained against (another classifier, a rule, a held-out reward model) with
+their win rate over the first policy, how far each moved from the reference (KL on its own
+samples), mean answer length and distinct-2 (diversity: distinct token bigrams / all bigrams)."""
 
 from __future__ import annotations
 
@@ -10,35 +13,47 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..engine import Engine, GenerationConfig
 from ..templates import template_for
-from .rewards import ScoreFn, reward_model_scorer
-from .rollout import Rollout, response_hidden, response_logprobs
+from .rewards import ScoreFn, build_scorer
+from .rollout import Rollout, lm_logprobs, sample_responses
+
+
+def distinct_n(responses: list[list[int]], n: int = 2) -> float:
+    """Distinct n-grams / all n-grams over a set of answers (Li et al. 2016); 0 when there are none."""
+    grams = [tuple(r[i : i + n]) for r in responses for i in range(len(r) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 @torch.no_grad()
-def evaluate_policy(policy_dir: str | Path, reference, prompts: list[str], score_fn: ScoreFn,
-                    max_new_tokens: int = 24, seed: int = 0, batch_size: int = 32) -> dict:
-    """Mean reward of sampled answers, mean KL to `reference` (sum over answer tokens of
-    log pi - log pi_ref, on the policy's own samples) and mean answer length in tokens."""
+def sample_policy(policy_dir: str | Path, reference, prompts: list[str], max_new_tokens: int = 24, seed: int = 0,
+                  batch_size: int = 32) -> tuple[list[list[int]], list[float], object]:
+    """One sampled answer per prompt (token ids, EOS kept when it stopped), the KL to `reference`
+    of each (sum over its tokens of log pi - log pi_ref) and the policy's tokenizer."""
     ckpt = load_checkpoint(policy_dir)
     template, tok = template_for(ckpt.meta, ckpt.tokenizer), ckpt.tokenizer
-    eos = ckpt.model.config.eos_token_id
-    engine = Engine(ckpt.model, tok)
-    rewards, kls, lengths = [], [], []
+    responses, kls = [], []
     for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i : i + batch_size]
-        prompt_ids = [template.encode_prompt(tok, [{"role": "user", "content": p}]) for p in chunk]
-        gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, seed=seed + i)
-        completions = [c[0] for c in engine.generate(prompt_ids, gen)]
-        responses = [c.token_ids + ([eos] if c.finish_reason == "stop" else []) or [eos] for c in completions]
-        rewards += score_fn(chunk, responses)
-        roll = Rollout.build(prompt_ids, responses, tok.pad_id)
-        mask = roll.response_mask.float()
-        logp = response_logprobs(ckpt.model.lm_head(response_hidden(ckpt.model, roll)), roll, 1.0)
-        ref = response_logprobs(reference.lm_head(response_hidden(reference, roll)), roll, 1.0)
-        kls += ((logp - ref) * mask).sum(-1).tolist()
-        lengths += mask.sum(-1).tolist()
+        prompt_ids = [template.encode_prompt(tok, [{"role": "user", "content": p}]) for p in prompts[i : i + batch_size]]
+        chunk = sample_responses(ckpt.model, tok, prompt_ids, max_new_tokens, 1.0, seed + i)
+        roll = Rollout.build(prompt_ids, chunk, tok.pad_id)
+        kls += ((lm_logprobs(ckpt.model, roll) - lm_logprobs(reference, roll)) * roll.response_mask).sum(-1).tolist()
+        responses += chunk
+    return responses, kls, tok
+
+
+def evaluate_policy(policy_dir: str | Path, reference, prompts: list[str], score_fn: ScoreFn,
+                    max_new_tokens: int = 24, seed: int = 0, batch_size: int = 32,
+                    judges: dict[str, ScoreFn] | None = None) -> dict:
+    """Mean reward of sampled answers, mean KL to `reference`, mean answer length in tokens,
+    distinct-2, and the mean score of each judge ("judge/NAME"); "_scores" keeps each judge's
+    per-prompt scores for win rates."""
+    responses, kls, tok = sample_policy(policy_dir, reference, prompts, max_new_tokens, seed, batch_size)
     n = max(len(prompts), 1)
-    return {"reward": sum(rewards) / n, "kl": sum(kls) / n, "length": sum(lengths) / n}
+    eos = tok.eos_id
+    row = {"reward": sum(score_fn(prompts, responses)) / n, "kl": sum(kls) / n,
+           "length": sum(map(len, responses)) / n, "distinct2": distinct_n([[t for t in r if t != eos] for r in responses])}
+    scores = {name: judge(prompts, responses) for name, judge in (judges or {}).items()}
+    row.update({f"judge/{name}": sum(s) / n for name, s in scores.items()})
+    return {**row, "_scores": scores}
 
 
 def greedy_answers(policy_dir: str | Path, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
@@ -49,13 +64,26 @@ def greedy_answers(policy_dir: str | Path, prompts: list[str], max_new_tokens: i
     return [c[0].text.strip() for c in Engine(ckpt.model, tok).generate(prompt_ids, gen)]
 
 
-def compare_policies(policies: dict[str, Path], reference_dir: Path, reward_model_dir: Path, prompts: list[str],
-                     seed: int = 0, max_new_tokens: int = 24, n_samples: int = 8) -> dict:
-    """{"policies": {name: {reward, kl, length}}, "samples": [{"prompt", "answers": {name: text}}]}."""
+def compare_policies(policies: dict[str, Path], reference_dir: Path, reward_model_dir: Path | None, prompts: list[str],
+                     seed: int = 0, max_new_tokens: int = 24, n_samples: int = 8, rewards: list[str] = (),
+                     judges: list[str] = ()) -> dict:
+    """{"policies": {name: {reward, kl, length, distinct2, judge/J, win/J}}, "samples": [{"prompt",
+    "answers": {name: text}}]}. The training reward is the reward model in `reward_model_dir`
+    plus the `rewards` specs; each judge spec is scored on its own, and win/J is the share of
+    prompts where the policy's answer beats the first policy's by judge J (ties count half)."""
     reference = load_checkpoint(reference_dir)
-    score_fn = reward_model_scorer(reward_model_dir, reference.tokenizer)
-    table = {name: evaluate_policy(path, reference.model, prompts, score_fn, max_new_tokens, seed)
+    tok = reference.tokenizer
+    specs = [*([f"rm:{reward_model_dir}"] if reward_model_dir else []), *rewards]
+    score_fn = build_scorer(specs, tok)
+    judge_fns = {spec: build_scorer([spec], tok) for spec in judges}
+    table = {name: evaluate_policy(path, reference.model, prompts, score_fn, max_new_tokens, seed, judges=judge_fns)
              for name, path in policies.items()}
+    baseline = next(iter(table.values()))["_scores"]
+    for row in table.values():
+        scores = row.pop("_scores")
+        for spec in judges:
+            pairs = list(zip(scores[spec], baseline[spec]))
+            row[f"win/{spec}"] = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / max(len(pairs), 1)
     shown = prompts[:n_samples]
     answers = {name: greedy_answers(path, shown, max_new_tokens) for name, path in policies.items()}
     samples = [{"prompt": p, "answers": {name: answers[name][i] for name in policies}} for i, p in enumerate(shown)]
