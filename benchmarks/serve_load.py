@@ -4,14 +4,18 @@ one at a time.
 Starts the real server (`hangpt serve` in a subprocess) on a random-weight model of the `tiny`
 preset (4 layers, 256 wide) with a tokenizer trained on the package's demo text, then measures
   - sequential: the requests one after another (aggregate tokens/s),
-  - concurrent 8 and 32: all requests at once (aggregate tokens/s, per-request latency, errors).
+  - concurrent 8 and 32: all requests at once (aggregate tokens/s, per-request latency, time to
+    first token, errors),
+  - 64 staggered: 64 requests arriving evenly over --stagger seconds (a server under steady load).
 Every request streams exactly --max-tokens tokens (the end-of-text token is banned with
 logit_bias), so the runs do the same work. Medians of --repeats runs after a warm-up.
 
     python benchmarks/serve_load.py [--max-tokens 48] [--repeats 3]
 
-Last line: RESULT serve_load concurrent8_ratio=... errors32=... p50_ms=... p99_ms=...
-(p50/p99: request latency, first byte sent to [DONE], in the 32-client run).
+Last line: RESULT serve_load concurrent8_ratio=... errors32=... p50_ms=... p99_ms=... ttft_p50_ms=...
+ttft_p99_ms=... tokens_per_s32=... errors64=... ttft64_p99_ms=...
+(p50/p99: request latency, first byte sent to [DONE]; ttft: to the first text chunk; in the 32-client
+run unless named 64).
 """
 
 from __future__ import annotations
@@ -53,12 +57,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def one_request(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int, eos: int) -> tuple[float, int]:
-    """Stream one completion; returns (latency seconds, tokens received). Raises on any error."""
+async def one_request(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int, eos: int,
+                      delay: float = 0.0) -> tuple[float, float, int]:
+    """Stream one completion after `delay` seconds; returns (latency seconds, seconds to the first
+    text, tokens received). Raises on any error."""
+    await asyncio.sleep(delay)
     body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "stream": True,
             "stream_options": {"include_usage": True}, "logit_bias": {str(eos): -100}}
     start = time.perf_counter()
-    tokens = None
+    tokens = first = None
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
@@ -73,22 +80,30 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: str, max_toke
             chunk = json.loads(data)
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
+            if first is None and any(c.get("text") for c in chunk.get("choices") or []):
+                first = time.perf_counter() - start
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
     if not done or tokens is None:
         raise RuntimeError("stream ended early")
-    return time.perf_counter() - start, tokens
+    return time.perf_counter() - start, first, tokens
 
 
-async def run(url: str, n: int, concurrent: bool, max_tokens: int, eos: int) -> dict:
-    """n requests, all at once or one by one; aggregate tokens/s, latencies and errors."""
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return 1000 * values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
+
+
+async def run(url: str, n: int, concurrent: bool, max_tokens: int, eos: int, stagger: float = 0.0) -> dict:
+    """n requests, all at once (arriving evenly over `stagger` seconds) or one by one; aggregate
+    tokens/s, latencies, times to first token and errors."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
     limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(180.0), limits=limits) as client:
         start = time.perf_counter()
         if concurrent:
-            results = await asyncio.gather(*(one_request(client, url, p, max_tokens, eos) for p in prompts),
-                                           return_exceptions=True)
+            results = await asyncio.gather(*(one_request(client, url, p, max_tokens, eos, stagger * i / n)
+                                             for i, p in enumerate(prompts)), return_exceptions=True)
         else:
             results = []
             for p in prompts:
@@ -101,14 +116,15 @@ async def run(url: str, n: int, concurrent: bool, max_tokens: int, eos: int) -> 
     errors = [r for r in results if isinstance(r, BaseException)]
     for e in errors[:3]:
         print(f"  error: {type(e).__name__}: {e}", file=sys.stderr)
-    latencies = sorted(lat for lat, _ in ok)
+    latencies, ttfts = [lat for lat, _, _ in ok], [first for _, first, _ in ok]
     return {
-        "tokens_per_s": sum(t for _, t in ok) / wall,
+        "tokens_per_s": sum(t for _, _, t in ok) / wall,
         "wall_s": wall,
         "errors": len(errors),
-        "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))]
-        if latencies else float("nan"),
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "ttft_p50_ms": percentile(ttfts, 0.5),
+        "ttft_p99_ms": percentile(ttfts, 0.99),
     }
 
 
@@ -117,6 +133,7 @@ def main() -> None:
     ap.add_argument("--model", help="Checkpoint to serve [default: a random `tiny` model made on the spot].")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--stagger", type=float, default=3.0, help="Seconds over which the 64 staggered requests arrive.")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,6 +166,7 @@ def main() -> None:
                 seq.append(asyncio.run(run(url, 8, False, args.max_tokens, eos)))
                 conc8.append(asyncio.run(run(url, 8, True, args.max_tokens, eos)))
             conc32 = asyncio.run(run(url, 32, True, args.max_tokens, eos))
+            stag64 = asyncio.run(run(url, 64, True, args.max_tokens, eos, args.stagger))
             health = httpx.get(url + "/health").json()
         finally:
             server.terminate()
@@ -157,15 +175,20 @@ def main() -> None:
     def med(runs, key):
         return statistics.median(r[key] for r in runs)
 
-    print(f"{'run':<22}{'tokens/s':>10}{'wall s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for name, runs in (("8 one at a time", seq), ("8 concurrent", conc8), ("32 concurrent", [conc32])):
+    print(f"{'run':<22}{'tokens/s':>10}{'wall s':>9}{'p50 ms':>9}{'p99 ms':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
+          f"{'errors':>8}")
+    for name, runs in (("8 one at a time", seq), ("8 concurrent", conc8), ("32 concurrent", [conc32]),
+                       (f"64 over {args.stagger:g} s", [stag64])):
         print(f"{name:<22}{med(runs, 'tokens_per_s'):>10.1f}{med(runs, 'wall_s'):>9.2f}{med(runs, 'p50_ms'):>9.0f}"
-              f"{med(runs, 'p99_ms'):>9.0f}{sum(r['errors'] for r in runs):>8}")
+              f"{med(runs, 'p99_ms'):>9.0f}{med(runs, 'ttft_p50_ms'):>10.0f}{med(runs, 'ttft_p99_ms'):>10.0f}"
+              f"{sum(r['errors'] for r in runs):>8}")
     print(f"server: {health['batches']} batches, largest {health['largest_batch']} sequences; "
           f"{os.cpu_count()} CPUs, {args.max_tokens} tokens per request")
     ratio = med(conc8, "tokens_per_s") / med(seq, "tokens_per_s")
     print(f"RESULT serve_load concurrent8_ratio={ratio:.2f} errors32={conc32['errors']} "
-          f"p50_ms={conc32['p50_ms']:.0f} p99_ms={conc32['p99_ms']:.0f}")
+          f"p50_ms={conc32['p50_ms']:.0f} p99_ms={conc32['p99_ms']:.0f} ttft_p50_ms={conc32['ttft_p50_ms']:.0f} "
+          f"ttft_p99_ms={conc32['ttft_p99_ms']:.0f} tokens_per_s32={conc32['tokens_per_s']:.1f} "
+          f"errors64={stag64['errors']} ttft64_p99_ms={stag64['ttft_p99_ms']:.0f}")
 
 
 if __name__ == "__main__":
