@@ -48,6 +48,10 @@ def test_chat_streams_an_answer(page):
     answer = page.inner_text(".msg.assistant .meta")
     assert "tokens" in answer  # the usage chunk of the stream arrived
     assert requests and '"stream":true' in requests[0] and '"max_tokens":12' in requests[0]
+    # each piece of the answer carries its probability: a colour, and the tokens on hover
+    pieces = page.eval_on_selector_all(".msg.assistant .tok", "els => els.map(e => [e.textContent, e.dataset.prob, e.title])")
+    assert pieces and "".join(text for text, _, _ in pieces) == page.inner_text(".msg.assistant").rsplit("\n", 1)[0]
+    assert all(0 < float(prob) <= 1 and "%" in title for _, prob, title in pieces)
 
 
 def test_compare_rank_save_and_export(page, tmp_path):

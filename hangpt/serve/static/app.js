@@ -117,6 +117,26 @@ function addMessage(role, text) {
   return div;
 }
 
+// Colour each piece of an answer by its probability (green likely, red unlikely); hovering shows
+// each token's probability and the most likely alternatives.
+function showProbabilities(bubble, pieces) {
+  const percent = (lp) => `${(100 * Math.exp(lp)).toFixed(1)}%`;
+  bubble.textContent = "";
+  for (const piece of pieces) {
+    const span = document.createElement("span");
+    span.className = "tok";
+    span.textContent = piece.text;
+    if (piece.tokens.length) {
+      const p = Math.exp(piece.tokens.reduce((sum, t) => sum + t.logprob, 0));
+      span.dataset.prob = p.toPrecision(3);
+      span.style.background = `hsla(${Math.round(120 * p)}, 70%, 50%, 0.25)`;
+      span.title = piece.tokens.map((t) => `${JSON.stringify(t.token)} ${percent(t.logprob)}` +
+        (t.top_logprobs || []).map((a) => `\n   ${JSON.stringify(a.token)} ${percent(a.logprob)}`).join("")).join("\n");
+    }
+    bubble.appendChild(span);
+  }
+}
+
 async function sendChat(event) {
   event.preventDefault();
   const text = $("chat-input").value.trim();
@@ -129,16 +149,25 @@ async function sendChat(event) {
   let answer = "";
   let finish = null;
   let usage = null;
+  const pieces = [];  // the streamed text pieces with the tokens (and log-probabilities) behind each
+  let held = [];  // tokens whose text is still held back (half a character, a possible stop string)
   state.abort = new AbortController();
   $("chat-send").disabled = true;
   $("chat-stop").disabled = false;
   try {
     await streamChat(
-      { messages: [...systemMessages(), ...state.history], ...sampling(), stream_options: { include_usage: true } },
+      { messages: [...systemMessages(), ...state.history], ...sampling(), stream_options: { include_usage: true },
+        logprobs: true, top_logprobs: 3 },
       (chunk) => {
         if (chunk.usage) usage = chunk.usage;
         for (const c of chunk.choices) {
-          if (c.delta && c.delta.content) { answer += c.delta.content; bubble.textContent = answer; }
+          held = held.concat((c.logprobs && c.logprobs.content) || []);
+          if (c.delta && c.delta.content) {
+            answer += c.delta.content;
+            bubble.textContent = answer;
+            pieces.push({ text: c.delta.content, tokens: held });
+            held = [];
+          }
           if (c.finish_reason) finish = c.finish_reason;
         }
         $("chat-log").scrollTop = $("chat-log").scrollHeight;
@@ -154,6 +183,7 @@ async function sendChat(event) {
     $("chat-stop").disabled = true;
   }
   bubble.classList.remove("streaming");
+  showProbabilities(bubble, pieces);
   bubble.classList.add("done");
   const meta = document.createElement("span");
   meta.className = "meta";
