@@ -54,6 +54,27 @@ def test_chat_streams_an_answer(page):
     assert all(0 < float(prob) <= 1 and "%" in title for _, prob, title in pieces)
 
 
+def test_added_messages_are_sent_in_order(page):
+    import json
+
+    requests = []
+    page.on("request", lambda r: requests.append(r.post_data) if r.url.endswith("/v1/chat/completions") else None)
+    page.click("#chat-clear")
+    _set_slider(page, "max_tokens", 4)
+    for role, text in (("user", "첫 질문"), ("assistant", "손으로 쓴 답"), ("user", "둘째 질문")):
+        page.select_option("#chat-role", role)
+        page.fill("#chat-input", text)
+        page.click("#chat-add")
+    assert page.eval_on_selector_all(".msg.added", "els => els.map(e => e.className)") == [
+        "msg user added", "msg assistant added", "msg user added"]
+    assert not requests  # adding writes turns; nothing is generated yet
+    page.click("#chat-send")  # empty input: answer the conversation as written
+    page.wait_for_selector(".msg.assistant.done", timeout=60_000)
+    sent = json.loads(requests[0])["messages"]
+    assert sent == [{"role": "system", "content": "친절한 도우미입니다."}, {"role": "user", "content": "첫 질문"}, {"role": "assistant", "content": "손으로 쓴 답"},
+                    {"role": "user", "content": "둘째 질문"}]
+
+
 def test_compare_rank_save_and_export(page, tmp_path):
     from hangpt.data.preferences import read_preferences
     from hangpt.serve.feedback import FeedbackStore, export_pairs

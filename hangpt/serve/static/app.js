@@ -140,10 +140,13 @@ function showProbabilities(bubble, pieces) {
 async function sendChat(event) {
   event.preventDefault();
   const text = $("chat-input").value.trim();
-  if (!text || state.abort) return;
-  $("chat-input").value = "";
-  addMessage("user", text);
-  state.history.push({ role: "user", content: text });
+  const last = state.history[state.history.length - 1];
+  if (state.abort || !(text || (last && last.role === "user"))) return;  // empty: answer the added turns
+  if (text) {
+    $("chat-input").value = "";
+    addMessage("user", text);
+    state.history.push({ role: "user", content: text });
+  }
   const bubble = addMessage("assistant", "");
   bubble.classList.add("streaming");
   let answer = "";
@@ -197,6 +200,14 @@ $("chat-input").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("chat-form").requestSubmit(); }
 });
 $("chat-stop").addEventListener("click", () => state.abort && state.abort.abort());
+$("chat-add").addEventListener("click", () => {  // write a turn by hand (either role), no answer yet
+  const text = $("chat-input").value.trim();
+  if (!text || state.abort) return;
+  const role = $("chat-role").value;
+  $("chat-input").value = "";
+  addMessage(role, text).classList.add("added");
+  state.history.push({ role, content: text });
+});
 $("chat-clear").addEventListener("click", () => { state.history = []; $("chat-log").textContent = ""; });
 
 // -- compare and rank --------------------------------------------------------------------------
