@@ -52,6 +52,8 @@ def continuation_model(pretrained: Path, out: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/tmp/positive_reviews")
+    p.add_argument("--train-file", default=str(DATA / "ratings_train.txt.gz"))
+    p.add_argument("--test-file", default=str(DATA / "ratings_test.txt.gz"))
     p.add_argument("--pretrained", default=None, help="a GPT pretrained on NSMC reviews [pretrain one]")
     p.add_argument("--classifier", default=None, help="a `hangpt classify` NSMC folder (labels 0/1) [train one]")
     p.add_argument("--pretrain-minutes", type=float, default=30.0)
@@ -63,8 +65,8 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if not DATA.exists():
-        sys.exit(f"no NSMC data in {DATA}")
+    if not Path(args.train_file).exists():
+        sys.exit(f"no NSMC data: {args.train_file}")
 
     from hangpt.checkpoint import load_checkpoint
     from hangpt.data.classification import read_labeled_texts
@@ -77,8 +79,8 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    train_file = DATA / "ratings_train.txt.gz"
-    train, test = read_labeled_texts(train_file), read_labeled_texts(DATA / "ratings_test.txt.gz")
+    train_file = args.train_file
+    train, test = read_labeled_texts(train_file), read_labeled_texts(args.test_file)
     pretrained = Path(args.pretrained or work / "pretrain")
     if not args.pretrained and not (pretrained / "config.json").exists():
         hangpt("pretrain", "--data", train_file, "--text-column", "document", "--preset", "tiny", "--out", pretrained,
@@ -103,7 +105,7 @@ def main() -> None:
 
     def cfg(name, lr):
         return TrainConfig(out=work / name, batch_size=16, lr=lr, time_budget=args.minutes, save_every=50, log_every=10,
-                           seed=args.seed, weight_decay=0.0, overwrite=True)
+                           seed=args.seed, weight_decay=0.0, overwrite=True, progress=False)
 
     train_ppo(base, train_prompts, None, cfg("ppo", 1e-5), PPOConfig(mini_batch_size=8, ppo_epochs=2,
               max_new_tokens=args.max_new_tokens, kl_coef=0.05), rewards=reward)

@@ -197,7 +197,7 @@ def ppo(model, reward_model, rewards, prompts, out, mini_batch_size, ppo_epochs,
     from ..train.ppo import PPOConfig, train_ppo
 
     require_model(model, opts["resume"])
-    prompt_list, cfg, sampling = _rl_setup(prompts, out, opts, "PPO")
+    prompt_list, cfg, sampling = _rl_setup(prompts, out, opts, "PPO", reward_model, rewards)
     max_new_tokens, temperature = sampling.pop("max_new_tokens", 32), sampling.pop("temperature", 1.0)
     settings = PPOConfig(mini_batch_size=min(mini_batch_size, cfg.batch_size), ppo_epochs=ppo_epochs,
                          max_new_tokens=max_new_tokens, temperature=temperature, sampling=sampling, kl_coef=kl_coef,
@@ -206,14 +206,20 @@ def ppo(model, reward_model, rewards, prompts, out, mini_batch_size, ppo_epochs,
     _rl_report("PPO", out, summary, as_json)
 
 
-def _rl_setup(prompts, out, opts: dict, stage: str):
-    """(prompts, TrainConfig, sampling settings) of an online RL command: batch 16, lr 1e-5, no
-    weight decay, 100 steps unless --max-steps, --time-budget or --epochs (passes over the prompts)."""
+def _rl_setup(prompts, out, opts: dict, stage: str, reward_model, rewards, per_prompt: int = 1):
+    """(prompts, TrainConfig, sampling settings) of an online RL command, reward specs checked
+    first: batch 16, lr 1e-5, no weight decay, 100 steps unless --max-steps, --time-budget or
+    --epochs (passes over the prompts, `per_prompt` answers each)."""
     import math
 
     from ..data.preferences import read_prompts
     from ..errors import InputError
+    from ..train.rewards import parse_reward_spec
 
+    if not (reward_model or rewards):
+        raise InputError("give --reward-model or --reward")
+    for spec in rewards:
+        parse_reward_spec(spec)
     sampling = sampling_settings(opts)
     if sampling.get("temperature", 1.0) <= 0:
         raise InputError(f"--temperature must be > 0 for {stage} rollouts (the policy's log-probabilities divide by it)")
@@ -221,7 +227,7 @@ def _rl_setup(prompts, out, opts: dict, stage: str):
     log(f"{len(prompt_list)} prompts from {prompts}{prompt_list.skipped_note('prompts')}")
     cfg = train_config(out, {**opts, "epochs": None}, batch_size=16, lr=1e-5, default_epochs=None)
     if opts["epochs"] and not opts["max_steps"]:
-        cfg.max_steps = max(1, math.ceil(opts["epochs"] * len(prompt_list) / cfg.batch_size))
+        cfg.max_steps = max(1, math.ceil(opts["epochs"] * len(prompt_list) * per_prompt / cfg.batch_size))
     elif not (opts["max_steps"] or opts["time_budget"]):
         cfg.max_steps = 100
     cfg.epochs = None
@@ -274,7 +280,7 @@ def grpo(model, rewards, reward_model, prompts, out, num_generations, beta, epsi
     from ..train.grpo import GRPOConfig, train_grpo
 
     require_model(model, opts["resume"])
-    prompt_list, cfg, sampling = _rl_setup(prompts, out, opts, "GRPO")
+    prompt_list, cfg, sampling = _rl_setup(prompts, out, opts, "GRPO", reward_model, rewards, per_prompt=num_generations)
     specs = [*([f"rm:{reward_model}"] if reward_model else []), *rewards]
     settings = GRPOConfig(num_generations=num_generations, beta=beta, epsilon=epsilon, epsilon_high=epsilon_high,
                           temperature=sampling.pop("temperature", 1.0), max_completion_length=sampling.pop("max_new_tokens", 64),

@@ -42,19 +42,22 @@ class GRPOConfig:
     num_iterations: int = 1
     sampling: dict = field(default_factory=dict)  # more GenerationConfig settings for rollouts: top_k, top_p, ...
 
+    def check(self, batch_size: int) -> None:
+        if batch_size % self.num_generations:
+            raise InputError(f"--batch-size {batch_size} must be a multiple of --num-generations "
+                             f"{self.num_generations} (it counts answers: num_generations per prompt)")
+        if self.loss_type not in LOSS_TYPES:
+            raise InputError(f"--loss-type {self.loss_type!r}: choose {', '.join(LOSS_TYPES)}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise InputError(f"--scale-rewards {self.scale_rewards!r}: choose {', '.join(SCALE_REWARDS)}")
+
 
 class GRPOTrainer(RolloutRun):
     stage = "grpo"
 
     def __init__(self, cfg: TrainConfig, grpo: GRPOConfig, policy, reference, tokenizer, prompts: list, encode_prompt,
                  score_fn: ScoreFn, save_fn, log=print):
-        if cfg.batch_size % grpo.num_generations:
-            raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of --num-generations "
-                             f"{grpo.num_generations} (it counts answers: num_generations per prompt)")
-        if grpo.loss_type not in LOSS_TYPES:
-            raise InputError(f"--loss-type {grpo.loss_type!r}: choose {', '.join(LOSS_TYPES)}")
-        if grpo.scale_rewards not in SCALE_REWARDS:
-            raise InputError(f"--scale-rewards {grpo.scale_rewards!r}: choose {', '.join(SCALE_REWARDS)}")
+        grpo.check(cfg.batch_size)
         super().__init__(cfg, grpo, policy, policy, reference, tokenizer, prompts, encode_prompt, score_fn, save_fn, log,
                          prompts_per_step=cfg.batch_size // grpo.num_generations)
         self.grpo, self.policy = grpo, policy
@@ -101,6 +104,7 @@ def train_grpo(model_dir: str | Path | None, prompts: list, score_fn: ScoreFn | 
                grpo: GRPOConfig, *, rewards: list[str] = (), log=print) -> dict:
     """GRPO from the SFT checkpoint in `model_dir` (also the frozen reference), or resume cfg.out.
     Rewards come from `score_fn`, or from the reward specs `rewards` (see rewards.py)."""
+    grpo.check(cfg.batch_size)
     pol = open_policy(model_dir, cfg, log)
     if score_fn is None:
         score_fn = build_scorer(list(rewards), pol.ckpt.tokenizer)
