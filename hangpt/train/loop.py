@@ -1,5 +1,5 @@
-"""The one training loop every stage uses (pretrain, sft, rm, dpo, classify; ppo drives its own
-rollouts but reuses the pieces here).
+"""The one training loop every stage uses (pretrain, sft, rm, dpo, classify; ppo and grpo drive
+their own rollouts, rollout.py, but reuse the pieces here).
 
 A stage hands the Trainer a model, a batch source that can report and restore its position, a loss
 function and a save function. The Trainer does the rest: AdamW (or Adam, or Muon + AdamW), warmup + a
@@ -241,8 +241,8 @@ SaveFn = Callable[[Path, dict | None, dict, dict], None]
 
 
 class ResumableRun:
-    """What every training run saves for an exact resume, and its summary; the Trainer and PPO
-    (which has its own outer loop) share it. Needs step, elapsed, tokens, optimizer, batches, history."""
+    """What every training run saves for an exact resume, and its summary; the Trainer and the RL
+    stages (rollout.py's outer loop) share it. Needs step, elapsed, tokens, optimizer, batches, history."""
 
     window: list[dict] | tuple = ()  # metrics of the steps since the last log line (PPO logs every step)
 

@@ -3,8 +3,8 @@ model scores them, a per-token KL penalty keeps it near the frozen reference (th
 policy), and a value head on the same body (critic) gives the baseline for GAE.
 
 One step = one batch of rollouts with the engine (plain sampling), then several epochs of
-minibatch updates of the clipped policy loss + clipped value loss. The loop is its own (rollouts do
-not fit the Trainer) but uses the same optimizer, LR schedule, atomic checkpoints and resume state.
+minibatch updates of the clipped policy loss + clipped value loss. The outer loop, rollouts and
+checkpoints are rollout.py's, shared with GRPO.
 The saved folder is a plain causal LM plus `v_head.weight`/`v_head.bias`.
 """
 
