@@ -97,3 +97,20 @@ def test_cli_bad_reward_is_one_line_exit_2(tiny_checkpoint, tmp_path, rules):
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines()[-1] == f"error: --reward 'python:{rules}:nope': {rules} defines no function 'nope'"
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("stage", [["ppo", "--mini-batch-size", "2", "--ppo-epochs", "1"], ["grpo", "--num-generations", "2"]])
+def test_ppo_and_grpo_train_on_weighted_specs(stage, tiny_checkpoint, tmp_path, rules):
+    import json
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("안녕\n배고파\n", encoding="utf-8")
+    spec = f"-1*python:{rules}:length"  # answers are never empty text here, so every reward is negative
+    proc = subprocess.run([sys.executable, "-m", "hangpt", *stage, "--model", str(tiny_checkpoint), "--prompts",
+                           str(prompts), "--out", str(tmp_path / "out"), "--reward", spec, "--max-steps", "2",
+                           "--batch-size", "4", "--max-new-tokens", "4", "--no-progress", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["settings"]["rewards"] == [spec]
+    assert summary["steps"] == 2 and summary["final"]["reward"] < 0
