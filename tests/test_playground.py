@@ -75,6 +75,26 @@ def test_added_messages_are_sent_in_order(page):
                     {"role": "user", "content": "둘째 질문"}]
 
 
+def test_completion_tab_injects_start_and_restart_text_with_best_of(page):
+    import json
+
+    page.click("button[data-tab=complete]")
+    _set_slider(page, "max_tokens", 6)
+    _set_slider(page, "temperature", 1)
+    page.fill("#complete-text", "오늘 날씨가")
+    page.fill("#complete-start", " 정말")
+    page.fill("#complete-restart", "\n다음:")
+    page.fill("#complete-best-of", "3")
+    with page.expect_response(lambda r: r.url.endswith("/v1/completions"), timeout=60_000) as response:
+        page.click("#complete-go")
+    sent = json.loads(response.value.request.post_data)
+    assert sent["prompt"] == "오늘 날씨가 정말" and sent["best_of"] == 3 and sent["max_tokens"] == 6
+    page.wait_for_function("document.querySelector('#complete-text').value.endsWith('다음:')", timeout=60_000)
+    text = response.value.json()["choices"][0]["text"]
+    assert page.input_value("#complete-text") == "오늘 날씨가 정말" + text + "\n다음:"
+    page.click("button[data-tab=chat]")
+
+
 def test_compare_rank_save_and_export(page, tmp_path):
     from hangpt.data.preferences import read_preferences
     from hangpt.serve.feedback import FeedbackStore, export_pairs

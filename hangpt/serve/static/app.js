@@ -104,6 +104,7 @@ async function loadConfig() {
   if (Number($("max_tokens").value) > max) $("max_tokens").value = max;
   $("max_tokens").dispatchEvent(new Event("input"));
   $("compare-n").max = config.max_ranked;
+  $("complete-best-of").max = config.max_n;
   if (config.default_system) $("system").placeholder = config.default_system;
 }
 
@@ -209,6 +210,26 @@ $("chat-add").addEventListener("click", () => {  // write a turn by hand (either
   state.history.push({ role, content: text });
 });
 $("chat-clear").addEventListener("click", () => { state.history = []; $("chat-log").textContent = ""; });
+
+// -- complete: free text ------------------------------------------------------------------------
+async function completeText(event) {
+  event.preventDefault();
+  const box = $("complete-text");
+  const prompt = box.value + $("complete-start").value;
+  if (!prompt) return;
+  const bestOf = Number($("complete-best-of").value) || 1;  // sampled answers; the most likely one is kept
+  $("complete-go").disabled = true;
+  try {
+    const r = await postJSON("/v1/completions", { prompt, ...sampling(), ...(bestOf > 1 ? { best_of: bestOf } : {}) });
+    box.value = prompt + r.choices[0].text + $("complete-restart").value;
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    $("complete-go").disabled = false;
+  }
+}
+
+$("complete-form").addEventListener("submit", completeText);
 
 // -- compare and rank --------------------------------------------------------------------------
 function renderAnswers(answers) {
