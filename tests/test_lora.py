@@ -172,7 +172,7 @@ def test_lora_ctrl_c_then_resume_equals_uninterrupted(tmp_path, tiny_checkpoint,
 
     with monkeypatch.context() as m:
         m.setattr(Trainer, "_micro_step", micro_step)
-        _run(head + ["--out", stopped], code=2)
+        _run(head + ["--out", stopped], code=130)
     assert "interrupted at step 3" in capsys.readouterr().err
     assert (stopped / "train_state.pt").exists() and (stopped / "adapter_model.safetensors").exists()
     _run(head + ["--out", stopped, "--resume"])
