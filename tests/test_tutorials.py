@@ -82,7 +82,7 @@ def decoding(out: str, work: Path) -> None:
     result = json.loads(next(line for line in out.splitlines() if line.startswith('{"completions"')))
     completion = result["completions"][0]
     assert "." not in completion["text"], "the stop string is not returned"
-    assert all(len(t["top_logprobs"]) == 3 for t in completion["logprobs"]), "--logprobs 3 gives 3 alternatives"
+    assert all(len(t["top"]) == 3 for t in completion["logprobs"]), "--logprobs 3 gives 3 alternatives"
 
 
 def chatbot(out: str, work: Path) -> None:
