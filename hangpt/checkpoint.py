@@ -6,7 +6,7 @@
 
 A folder written here loads unchanged with `transformers` (`AutoModelForCausalLM.from_pretrained`),
 and any folder of a supported family written by `transformers` (safetensors, sharded or not, or
-pytorch_model.bin) loads here, memory-mapped and in its own dtype unless asked otherwise. Saving is atomic: the new folder is written beside the old one and swapped in with renames,
+pytorch_model.bin, sharded or not) loads here, memory-mapped and in its own dtype unless asked otherwise. Saving is atomic: the new folder is written beside the old one and swapped in with renames,
 so a crash leaves either the old checkpoint or the new one, never a mix.
 """
 
@@ -64,7 +64,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
             snapshot_download(
                 name,
                 cache_dir=str(cache),
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "pytorch_model.bin"],
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "pytorch_model*.bin"],
             )
         )
     except InputError as e:
@@ -280,29 +280,41 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder: model.safetensors, the shards its index names, or pytorch_model.bin."""
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise InputError(f"{index}: no weight_map object")
-        state = {}
-        for shard in sorted(set(weight_map.values())):
-            if Path(shard).name != shard:
-                raise InputError(f"{index}: shard name {shard!r} is not a file name in this folder")
-            state.update(read_safetensors(path / shard))
-        return state
-    st = path / "model.safetensors"
-    if st.exists():
-        return read_safetensors(st)
-    pt = path / "pytorch_model.bin"
-    if pt.exists():
-        try:
-            return torch.load(pt, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:
-            raise InputError(f"{pt}: unreadable weights file (not a plain PyTorch state dict)") from None
-    raise InputError(f"{path}: no model.safetensors (or shards with model.safetensors.index.json) "
-                     f"or pytorch_model.bin in this folder")
+    """Every tensor of the folder: model.safetensors, pytorch_model.bin, or the shards that
+    model.safetensors.index.json or pytorch_model.bin.index.json names."""
+    for index_name, read in (("model.safetensors.index.json", read_safetensors),
+                             ("pytorch_model.bin.index.json", _read_torch_file)):
+        index = path / index_name
+        if index.exists():
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise InputError(f"{index}: no weight_map object naming the shards")
+            state = {}
+            for shard in sorted(set(weight_map.values())):
+                if not isinstance(shard, str) or Path(shard).name != shard:
+                    raise InputError(f"{index}: shard name {shard!r} is not a file name in this folder")
+                if not (path / shard).is_file():
+                    raise InputError(f"{path / shard}: shard named by {index_name} is missing")
+                state.update(read(path / shard))
+            return state
+    if (path / "model.safetensors").exists():
+        return read_safetensors(path / "model.safetensors")
+    if (path / "pytorch_model.bin").exists():
+        return _read_torch_file(path / "pytorch_model.bin")
+    raise InputError(f"{path}: no model.safetensors or pytorch_model.bin (or shards with their index.json) "
+                     f"in this folder")
+
+
+def _read_torch_file(file: Path) -> dict[str, torch.Tensor]:
+    """A pytorch_model*.bin state dict, memory-mapped; weights_only unpickles tensors and plain
+    containers only, never code."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        raise InputError(f"{file}: unreadable weights file (not a plain PyTorch state dict)") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise InputError(f"{file}: not a state dict of tensors")
+    return state
 
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
