@@ -236,3 +236,43 @@ def test_alignment_commands_with_lora(tmp_path, tiny_checkpoint, capsys):
           "--out", tmp_path / "ppo", "--max-new-tokens", 4, "--ppo-epochs", 1, "--mini-batch-size", 2, *common])
     ppo = load_checkpoint(tmp_path / "ppo")
     assert set(ppo.extra_tensors) == {"v_head.weight", "v_head.bias"} and not has_lora(ppo.model)
+
+
+def test_classify_with_lora_trains_and_adapter_predicts_as_merged(tmp_path, tiny_checkpoint, capsys):
+    """The head trains whole, the base only through adapters; eval/predict take the adapter folder
+    and agree with its merged folder."""
+    from test_classify import _sentiment_file
+
+    _sentiment_file(tmp_path / "train.tsv", 200, 0)
+    _sentiment_file(tmp_path / "test.tsv", 60, 1)
+    out = tmp_path / "clf"
+    _run(["classify", "train", "--model", tiny_checkpoint, "--data", tmp_path / "train.tsv", "--out", out,
+          "--lora-r", 4, "--max-steps", 30, "--batch-size", 16, "--lr", "3e-3", "--val-fraction", 0.2,
+          "--eval-every", 10, "--no-progress", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    train = [h for h in history if "class_loss" in h]
+    val = [h["val_loss"] for h in history if "val_loss" in h]
+    assert train[-1]["class_loss"] < 0.2 * train[0]["class_loss"] and val == sorted(val, reverse=True)
+    assert val[-1] < 0.3 * val[0] and summary["final"]["val_acc"] >= 0.95
+    assert train[-1]["lm_loss"] < train[0]["lm_loss"]  # GPT-1's auxiliary loss: only the adapters can lower it
+
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    assert "base_model.model.score.weight" in tensors and not (out / "model.safetensors").exists()
+    assert all(".lora_" in k for k in tensors if k != "base_model.model.score.weight")
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["task_type"] == "SEQ_CLS" and adapter_config["modules_to_save"] == ["score"]
+
+    _run(["merge", "--model", out, "--out", tmp_path / "merged"])
+    results = {}
+    for folder in (out, tmp_path / "merged"):
+        capsys.readouterr()
+        _run(["classify", "eval", "--model", folder, "--data", tmp_path / "test.tsv", "--json"])
+        evaluation = json.loads(capsys.readouterr().out)
+        _run(["classify", "predict", "--model", folder, "--data", tmp_path / "test.tsv", "--json"])
+        results[folder.name] = evaluation, json.loads(capsys.readouterr().out)["predictions"]
+    (adapter_eval, adapter_pred), (merged_eval, merged_pred) = results["clf"], results["merged"]
+    assert adapter_eval["accuracy"] >= 0.95 and adapter_eval["confusion"] == merged_eval["confusion"]
+    assert [p["label"] for p in adapter_pred] == [p["label"] for p in merged_pred]
+    for a, b in zip(adapter_pred, merged_pred):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)

@@ -153,6 +153,7 @@ def classify():
 @click.option("--lm-coef", type=Number(min=0), default=0.5, show_default=True,
               help="Weight of GPT-1's auxiliary next-token loss on the texts (0 = off).")
 @training_options
+@lora_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
 def classify_train(model, data, out, text_column, label_column, dropout, lm_coef, as_json, **opts):
     """Fine-tune GPT + a linear head on labeled texts (any number of labels, any label strings).

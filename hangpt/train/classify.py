@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import InputError
 from ..models import CausalLM
-from .loop import ShuffledBatches, TrainConfig, Trainer, device, resume_state, seed_everything
+from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, resume_state, seed_everything
 from .losses import next_token_loss
 from .sft import holdout_split
 
@@ -57,9 +57,10 @@ class Classifier:
     meta: dict
 
 
-def load_classifier(model_dir: str | Path) -> Classifier:
-    """A checkpoint written by `hangpt classify train` (or transformers' GPT2ForSequenceClassification)."""
-    ckpt = load_checkpoint(model_dir)
+def load_classifier(model_dir: str | Path, merge_adapter: bool = True) -> Classifier:
+    """A checkpoint written by `hangpt classify train` (or transformers' GPT2ForSequenceClassification),
+    or its LoRA adapter folder (merge_adapter=False keeps the adapters apart, to resume training them)."""
+    ckpt = load_checkpoint(model_dir, merge_adapter=merge_adapter)
     head = ckpt.extra_tensors.get(HEAD)
     if head is None:
         raise InputError(f"{model_dir}: no classification head ({HEAD}) in this checkpoint; train one with "
@@ -144,14 +145,16 @@ def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str
     """Train GPT + head on (text, label) pairs and save to cfg.out; returns the training summary.
 
     dropout (None keeps the model's) and lm_coef (weight of the auxiliary next-token loss) are
-    GPT-1's fine-tuning recipe: 0.1 and 0.5 in the paper."""
+    GPT-1's fine-tuning recipe: 0.1 and 0.5 in the paper. With cfg.lora the base gets adapters and
+    the head trains whole; the result is an adapter folder."""
     seed_everything(cfg.seed)
     state = resume_state(cfg)
     if state is not None:
-        clf = load_classifier(cfg.out)
+        clf = load_classifier(cfg.out, merge_adapter=False)
         base = clf.meta.get("base_model", {})
     else:
         ckpt = load_checkpoint(model_dir)
+        apply_lora(ckpt.model, cfg, log)  # before the head is made: it trains in full
         label_set = sorted(set(labels))
         clf = Classifier(SequenceClassifier(ckpt.model, len(label_set)), ckpt.tokenizer, label_set, ckpt.meta)
         head = ckpt.extra_tensors.get(HEAD)
