@@ -63,3 +63,22 @@ def test_truncated_gzip(tmp_path):
     f.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=r"cut.txt.gz: cannot read line \d+"):
         list(read_lines(f))
+
+
+def test_block_reading_equals_line_by_line_reading(tmp_path, monkeypatch):
+    """Blocks of a few bytes: lines and multi-byte characters cut at every place, a line longer than
+    a block, CRLF, no final newline; then an undecodable byte in a late block is named at its line."""
+    from hangpt.data import text
+
+    lines = ["가나다", "", "abc\r", "긴 줄 " * 40, "  ", "끝"]
+    f = tmp_path / "t.txt"
+    f.write_bytes("\ufeff".encode() + "\n".join(lines).encode("utf-8"))
+    expected = [line.rstrip("\r") for line in lines]
+    for block in (1, 2, 3, 5, 64, 1 << 20):
+        monkeypatch.setattr(text, "BLOCK_BYTES", block)
+        assert list(read_lines(f)) == expected
+        assert list(iter_documents([f])) == [line for line in expected if line.strip()]
+    monkeypatch.setattr(text, "BLOCK_BYTES", 7)
+    f.write_bytes("\n".join(lines).encode("utf-8") + "\n".encode() + "한글".encode("cp949") + b"\nok\n")
+    with pytest.raises(InputError, match=r"t\.txt: line 7 is not valid UTF-8 \(it looks like cp949"):
+        list(read_lines(f))

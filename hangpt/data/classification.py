@@ -8,11 +8,13 @@ Rows with an empty text are skipped and counted (NSMC has a few), never silently
 from __future__ import annotations
 
 import csv
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import InputError
-from .text import read_lines
+from .text import read_line_blocks, read_lines
 
 
 @dataclass
@@ -27,42 +29,65 @@ def read_labeled_texts(path: str | Path, *, text_column: str = "document", label
 
     label_column=None reads texts only (for prediction); labels are then empty strings.
     """
+    texts, labels, skipped = [], [], 0
+    for block in iter_labeled_rows(path, text_column=text_column, label_column=label_column):
+        for text, label in block:
+            if text:
+                texts.append(text)
+                labels.append(label)
+            else:
+                skipped += 1
+    if not texts:
+        raise InputError(f"{path}: no rows with text in column {text_column!r}")
+    return LabeledTexts(texts, labels, skipped)
+
+
+def iter_labeled_rows(path: str | Path, *, text_column: str, label_column: str | None) -> Iterator[list[tuple[str, str]]]:
+    """(text, label) of the rows, streamed a block of rows at a time; the text is "" for a row whose
+    text is empty. Blocks keep the per-row work in list comprehensions: NSMC's 150,000 rows are a
+    fraction of a second."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith(".csv"):
-        rows = csv.reader(read_lines(path))
-    else:
-        rows = csv.reader(read_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(rows, None)
-    if header is None:
+    if path.name.lower().removesuffix(".gz").endswith(".csv"):
+        blocks = ([row] for row in csv.reader(read_lines(path)))
+    else:  # quoting off: a plain split is what csv's QUOTE_NONE does, at a fraction of the cost
+        blocks = ([line.split("\t") for line in lines] for lines in read_line_blocks(path))
+    blocks = (block for block in blocks if block)
+    first = next(blocks, None)
+    if first is None:
         raise InputError(f"{path}: file is empty")
-    header = [h.strip() for h in header]
-    wanted = [c for c in (text_column, label_column) if c is not None]
-    for column in wanted:
-        if column not in header:
+    header = [h.strip() for h in first.pop(0)]
+    for column in (text_column, label_column):
+        if column is not None and column not in header:
             raise InputError(f"{path}: line 1: no column {column!r} in the header (columns: {', '.join(header)}); "
                              f"choose with --text-column/--label-column")
     ti = header.index(text_column)
     li = header.index(label_column) if label_column is not None else None
-    texts, labels, skipped = [], [], 0
-    for line_no, row in enumerate(rows, start=2):
-        if not row or not any(cell.strip() for cell in row):
+    width, line_no = len(header), 2  # line_no: the line of the block's first row
+    for rows in chain([first], blocks):
+        start, line_no = line_no, line_no + len(rows)
+        if any(len(row) != width for row in rows):
+            rows = _blank_rows_dropped(path, rows, width, start)
+        texts = [row[ti].strip() if row else "" for row in rows]
+        if li is None:
+            yield [(text, "") for text, row in zip(texts, rows) if row]
             continue
-        if len(row) != len(header):
-            raise InputError(f"{path}: line {line_no}: expected {len(header)} fields, found {len(row)}")
-        text = row[ti].strip()
-        if not text:
-            skipped += 1
-            continue
-        label = ""
-        if li is not None:
-            label = row[li].strip()
-            if not label:
-                raise InputError(f"{path}: line {line_no}: field {label_column!r} is empty")
-        texts.append(text)
-        labels.append(label)
-    if not texts:
-        raise InputError(f"{path}: no rows with text in column {text_column!r}")
-    return LabeledTexts(texts, labels, skipped)
+        labels = [row[li].strip() if row else "" for row in rows]
+        for offset, (text, label) in enumerate(zip(texts, labels)):
+            if text and not label:
+                raise InputError(f"{path}: line {start + offset}: field {label_column!r} is empty")
+        yield [(text, label) for text, label, row in zip(texts, labels, rows) if row]
+
+
+def _blank_rows_dropped(path: Path, rows: list[list[str]], width: int, start: int) -> list[list[str] | None]:
+    """Rows with blank lines as None; a row of the wrong width stops with its line number."""
+    checked = []
+    for line_no, row in enumerate(rows, start=start):
+        if len(row) == width:
+            checked.append(row)
+        elif not any(cell.strip() for cell in row):
+            checked.append(None)
+        else:
+            raise InputError(f"{path}: line {line_no}: expected {width} fields, found {len(row)}")
+    return checked

@@ -27,7 +27,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -50,7 +50,7 @@ def iter_corpus(paths: Iterable[str | Path], text_column: str | None = None) -> 
     if text_column is None:
         yield from iter_documents(files)
         return
-    from .classification import read_labeled_texts
+    from .classification import iter_labeled_rows
 
     matched = False
     for path in files:
@@ -58,7 +58,8 @@ def iter_corpus(paths: Iterable[str | Path], text_column: str | None = None) -> 
         cells = [c.strip() for c in header.split("," if path.name.lower().endswith((".csv", ".csv.gz")) else "\t")]
         if text_column in cells:
             matched = True
-            yield from read_labeled_texts(path, text_column=text_column, label_column=None).texts
+            for rows in iter_labeled_rows(path, text_column=text_column, label_column=None):
+                yield from [text for text, _ in rows if text]
         else:
             yield from iter_documents([path])
     if not matched:
@@ -153,7 +154,7 @@ def _write_shards(files, tokenizer, folder: Path, val_fraction, text_column, log
 
     def write(first: int, batch: list[str], encoded: tuple[np.ndarray, np.ndarray]) -> None:
         ids, n_tokens = encoded
-        held_out = np.array([is_val_document(i, every) for i in range(first, first + len(batch))], dtype=bool)
+        held_out = (np.arange(first, first + len(batch)) % every == every - 1) if every else np.zeros(len(batch), bool)
         n_bytes = np.fromiter(map(len, map(str.encode, batch)), np.int64, len(batch)) + 1  # +1: the <eos>
         token_held_out = np.repeat(held_out, n_tokens)
         for split, docs, tokens in (("train", ~held_out, ~token_held_out), ("val", held_out, token_held_out)):
@@ -200,17 +201,10 @@ def _write_shards(files, tokenizer, folder: Path, val_fraction, text_column, log
 
 def _batches(docs: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
     """(index of the first document, ENCODE_BATCH documents) at a time."""
-    batch: list[str] = []
-    first = 0
-    for index, text in enumerate(docs):
-        if not batch:
-            first = index
-        batch.append(text)
-        if len(batch) == ENCODE_BATCH:
-            yield first, batch
-            batch = []
-    if batch:
+    docs, first = iter(docs), 0
+    while batch := list(islice(docs, ENCODE_BATCH)):
         yield first, batch
+        first += len(batch)
 
 
 def _resolved(item):
@@ -235,7 +229,8 @@ def _encoder(tokenizer) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
 
     def encode(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
         # the batch as one text "<eos>doc<eos>doc...": one call, and the ids come out in the shard's layout
-        if any(token in text for text in batch for token in added):  # `tokenizers` matches these inside text
+        raw = "\n".join(batch)  # lines hold no line break, so no token is found across two documents
+        if any(token in raw for token in added):  # `tokenizers` matches these inside text
             return reference(batch)
         texts = [unicodedata.normalize("NFC", t) for t in batch] if normalize else batch
         ids = encoding.encode_to_numpy(eos_token + eos_token.join(texts), allowed_special={eos_token})

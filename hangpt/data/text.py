@@ -34,22 +34,57 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def read_lines(path: Path) -> Iterator[str]:
-    """Lines of one file without their line break. Each line is decoded on its own, so an
-    undecodable byte is reported at its exact line (a decoding text stream would name the line
-    where its 8 KB read buffer started)."""
-    line_no = 0
+BLOCK_BYTES = 1 << 20  # lines are decoded a block at a time: one C call per block, not per line
+
+
+def read_line_blocks(path: Path) -> Iterator[list[str]]:
+    """Lists of consecutive lines of one file, without their line breaks. An undecodable byte is
+    reported at its exact line (a block that fails to decode is re-read line by line to find it)."""
+    line_no = 0  # lines before the current block
     try:
         with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
-            for line_no, raw in enumerate(f, start=1):
-                if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8):]
-                try:
-                    yield raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError:
-                    raise InputError(_decode_hint(path, line_no, raw)) from None
+            rest = b""
+            while True:
+                chunk = f.read(BLOCK_BYTES)
+                data = rest + chunk
+                if not chunk:
+                    rest = b""
+                elif (cut := data.rfind(b"\n") + 1) > 0:
+                    data, rest = data[:cut], data[cut:]
+                else:  # one line longer than a block: keep reading
+                    rest = data
+                    continue
+                if not data:
+                    return
+                if line_no == 0 and data.startswith(codecs.BOM_UTF8):
+                    data = data[len(codecs.BOM_UTF8):]
+                lines = _decode_lines(path, line_no, data)
+                line_no += len(lines)
+                yield lines
     except (OSError, EOFError) as e:  # truncated gzip and the like
         raise InputError(f"{path}: cannot read line {line_no + 1} ({e})") from None
+
+
+def _decode_lines(path: Path, lines_before: int, data: bytes) -> list[str]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        for i, raw in enumerate(data.split(b"\n"), start=lines_before + 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(_decode_hint(path, i, raw)) from None
+        raise
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    return [line.rstrip("\r") for line in lines] if "\r" in text else lines
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """Lines of one file without their line break."""
+    for lines in read_line_blocks(path):
+        yield from lines
 
 
 def _decode_hint(path: Path, line_no: int, raw: bytes) -> str:
@@ -66,9 +101,9 @@ def iter_documents(paths: Iterable[str | Path]) -> Iterator[str]:
     """Each non-empty line of every file, the unit a tokenizer or a token shard is fed."""
     for path in expand_paths(paths):
         empty = True
-        for line in read_lines(path):
-            if line.strip():
-                empty = False
-                yield line
+        for lines in read_line_blocks(path):
+            documents = [line for line in lines if line and not line.isspace()]
+            empty = empty and not documents
+            yield from documents
         if empty:
             raise InputError(f"{path}: file is empty")
