@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,7 @@ class LoRALinear(nn.Module):
         self.fan_in_fan_out = isinstance(base, Conv1D)
         n_in, n_out = base.weight.shape if self.fan_in_fan_out else base.weight.shape[::-1]
         self.r, self.alpha, self.dropout = r, alpha, dropout
+        self.disabled = False  # see adapters_disabled
         self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
         # fp32 whatever the base's dtype: these are the weights that train
         self.lora_A = nn.Linear(n_in, r, bias=False, device=base.weight.device)
@@ -54,6 +56,8 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled:
+            return self.base(x)
         h = F.dropout(x, self.dropout, training=True) if self.training and self.dropout > 0 else x
         update = self.lora_B(self.lora_A(h.to(self.lora_A.weight.dtype))) * self.scaling
         return self.base(x) + update.to(x.dtype)
@@ -129,6 +133,20 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 def has_lora(model: nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module):
+    """The model with every adapter switched off (PEFT's `disable_adapter()`): the frozen base
+    itself, so DPO and PPO use it as their reference model instead of holding a second copy."""
+    layers = list(lora_layers(model).values())
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.disabled = False
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ import torch
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.preferences import PreferencePair, chat_template
 from ..errors import InputError
+from ..models.lora import adapters_disabled, has_lora
 from ..templates import template_for
 from .loop import (ShuffledBatches, TrainConfig, Trainer, apply_lora, device, load_reference, resume_state,
                    seed_everything)
@@ -95,7 +96,8 @@ def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConf
         ckpt = load_checkpoint(cfg.out, merge_adapter=False)
         template = template_for(ckpt.meta, ckpt.tokenizer)
         base = ckpt.meta.get("base_model", {})
-        reference = load_reference(ckpt, cfg.out)
+        # a LoRA run's base never trains: with its adapters off it is the reference, no second copy
+        reference = ckpt.model if has_lora(ckpt.model) else load_reference(ckpt, cfg.out)
     else:
         ckpt = load_checkpoint(model_dir)
         template = chat_template(ckpt)
@@ -109,8 +111,11 @@ def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConf
     reference.to(dev)
     train_pairs, val_pairs = holdout_split(pairs, val_fraction, cfg.seed)
     log(f"dpo: {len(train_pairs)} training pairs, {len(val_pairs)} held out; computing reference log-probs")
-    train = with_reference_logprobs(reference, encode_pairs(train_pairs, template, tokenizer, max_length), pad_id, cfg.batch_size)
-    val = with_reference_logprobs(reference, encode_pairs(val_pairs, template, tokenizer, max_length), pad_id, cfg.batch_size)
+    with adapters_disabled(reference):
+        train = with_reference_logprobs(reference, encode_pairs(train_pairs, template, tokenizer, max_length), pad_id,
+                                        cfg.batch_size)
+        val = with_reference_logprobs(reference, encode_pairs(val_pairs, template, tokenizer, max_length), pad_id,
+                                      cfg.batch_size)
     del reference
     if state is None:
         apply_lora(model, cfg, log)

@@ -69,7 +69,7 @@ class GRPOTrainer(RolloutRun):
         mask = roll.response_mask.float()
         advantages = group_advantages(rewards, G, g.scale_rewards)
         with torch.no_grad():
-            ref_logp = lm_logprobs(self.reference, roll, g.temperature)
+            ref_logp = self.reference_logprobs(roll, g.temperature)
             old_logp = lm_logprobs(self.policy, roll, g.temperature) if g.num_iterations > 1 else None
         lr = lr_at(self.step, self.progress(), self.cfg, self.cfg.max_steps)
         for group in self.optimizer.param_groups:

@@ -70,7 +70,7 @@ class PolicyWithValue(nn.Module):
 class PPOTrainer(RolloutRun):
     stage = "ppo"
 
-    def __init__(self, cfg: TrainConfig, ppo: PPOConfig, policy: PolicyWithValue, reference: nn.Module, tokenizer,
+    def __init__(self, cfg: TrainConfig, ppo: PPOConfig, policy: PolicyWithValue, reference: nn.Module | None, tokenizer,
                  prompts: list, encode_prompt: Callable[[object], list[int]], score_fn: ScoreFn,
                  save_fn: Callable[[Path, dict | None, dict, dict], None], log=print):
         if ppo.mini_batch_size > cfg.batch_size:
@@ -86,8 +86,7 @@ class PPOTrainer(RolloutRun):
         with torch.no_grad():
             logits, old_values = self.policy(roll)
             old_logp = response_logprobs(logits, roll, ppo.temperature)
-            ref_logits = self.reference.lm_head(response_hidden(self.reference, roll))
-            ref_logp = response_logprobs(ref_logits, roll, ppo.temperature)
+            ref_logp = self.reference_logprobs(roll, ppo.temperature)
             rewards, kl = kl_penalized_rewards(old_logp, ref_logp, scores, mask, ppo.kl_coef)
             advantages, returns = gae(rewards, old_values, mask, ppo.gamma, ppo.lam)
             if ppo.whiten_advantages:

@@ -21,7 +21,7 @@ import torch.nn as nn
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.preferences import chat_template
 from ..errors import InputError
-from ..models.lora import has_lora
+from ..models.lora import adapters_disabled, has_lora
 from ..templates import template_for
 from .loop import (ResumableRun, ShuffledBatches, StepBoundaryStop, TrainConfig, apply_lora, checkpoint_blocks, device,
                    load_reference, make_optimizer, resume_state, seed_everything)
@@ -99,7 +99,7 @@ class Policy:
     """A policy to train, as `open_policy` loads it."""
 
     ckpt: object  # the loaded checkpoint (model, tokenizer, meta, extra_tensors)
-    reference: nn.Module  # frozen starting model
+    reference: nn.Module | None  # frozen starting model; None with LoRA: the policy with its adapters off
     template: object  # chat template that renders the prompts
     base: dict  # where the starting model came from (hangpt.json base_model)
     state: dict | None  # train state to resume from
@@ -124,23 +124,25 @@ class Policy:
 
 def open_policy(model_dir: str | Path | None, cfg: TrainConfig, log=print) -> Policy:
     """The seed/resume/load preamble of an RL stage: the SFT checkpoint in `model_dir` (LoRA added
-    when asked) and a frozen copy as the reference, or the run in cfg.out to resume."""
+    when asked) and a frozen copy as the reference, or the run in cfg.out to resume. With LoRA no
+    copy is made: the base under the adapters, which never trains, is the reference."""
     seed_everything(cfg.seed)
     state = resume_state(cfg)
     if state is not None:
         ckpt = load_checkpoint(cfg.out, merge_adapter=False)
         template = template_for(ckpt.meta, ckpt.tokenizer)
         base = ckpt.meta.get("base_model", {})
-        reference = load_reference(ckpt, cfg.out)
+        reference = None if has_lora(ckpt.model) else load_reference(ckpt, cfg.out)
     else:
         ckpt = load_checkpoint(model_dir)
         template = chat_template(ckpt)
-        reference = copy.deepcopy(ckpt.model)
+        reference = None if cfg.lora else copy.deepcopy(ckpt.model)
         apply_lora(ckpt.model, cfg, log)
         base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
-    reference.eval().to(device())
-    for p in reference.parameters():
-        p.requires_grad_(False)
+    if reference is not None:
+        reference.eval().to(device())
+        for p in reference.parameters():
+            p.requires_grad_(False)
     return Policy(ckpt, reference, template, base, state)
 
 
@@ -153,7 +155,7 @@ class RolloutRun(ResumableRun):
     cfg: TrainConfig
     settings: object  # the stage's settings dataclass, recorded in the summary
     lm: nn.Module  # the policy's language model: it samples the rollouts
-    reference: nn.Module
+    reference: nn.Module | None  # None: the policy with its LoRA adapters off
     tokenizer: object
     prompts: list
     encode_prompt: Callable[[object], list[int]]
@@ -166,7 +168,7 @@ class RolloutRun(ResumableRun):
     tokens: int  # sampled answer tokens
     history: list[dict]
 
-    def __init__(self, cfg: TrainConfig, settings, trained: nn.Module, lm: nn.Module, reference: nn.Module, tokenizer,
+    def __init__(self, cfg: TrainConfig, settings, trained: nn.Module, lm: nn.Module, reference: nn.Module | None, tokenizer,
                  prompts: list, encode_prompt: Callable[[object], list[int]], score_fn: ScoreFn, save_fn, log=print,
                  prompts_per_step: int | None = None):
         if not (cfg.max_steps or cfg.time_budget):
@@ -186,6 +188,19 @@ class RolloutRun(ResumableRun):
     def train_step(self) -> dict:
         """One batch of rollouts and the updates on it; returns the step's metrics."""
         raise NotImplementedError
+
+    def reference_logprobs(self, roll: Rollout, temperature: float) -> torch.Tensor:
+        """log pi_ref(response token t) (B, R) under the frozen reference, or with LoRA under the
+        policy with its adapters off, in eval mode as the frozen copy would be."""
+        if self.reference is not None:
+            return lm_logprobs(self.reference, roll, temperature)
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
+            with adapters_disabled(self.lm):
+                return lm_logprobs(self.lm, roll, temperature)
+        finally:
+            self.lm.train(was_training)
 
     def rollout(self, max_new_tokens: int, temperature: float, sampling: dict | None = None,
                 per_prompt: int = 1) -> tuple[Rollout, torch.Tensor, list]:
