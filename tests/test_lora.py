@@ -110,6 +110,29 @@ def _run(args, code=0):
     assert e.value.code == code
 
 
+def _run_interrupted(monkeypatch, args, step=2):
+    """Run a training command with Ctrl-C during step `step` + 1: it saves a resumable checkpoint, exits 130."""
+    from hangpt.train.loop import Trainer
+
+    original = Trainer._micro_step
+
+    def micro_step(self, model):
+        if self.step == step:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, model)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_micro_step", micro_step)
+        _run(args, code=130)
+
+
+def _prefs_file(path):
+    rows = [("배고파", "맛있는 거 챙겨 드세요.", "싫어"), ("추워", "따뜻하게 입으세요.", "몰라")] * 6
+    path.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}, ensure_ascii=False) + "\n"
+                            for p, c, r in rows), encoding="utf-8")
+    return path
+
+
 def test_sft_with_lora_lowers_val_loss_trains_only_adapters_and_merges(tmp_path, tiny_checkpoint, capsys):
     from hangpt.data.conversations import read_conversations
     from hangpt.templates import get_template, prepare_tokenizer
@@ -154,8 +177,6 @@ def test_sft_with_lora_lowers_val_loss_trains_only_adapters_and_merges(tmp_path,
 
 def test_lora_ctrl_c_then_resume_equals_uninterrupted(tmp_path, tiny_checkpoint, monkeypatch, capsys):
     """With tokens added by the template the grown embedding trains too and is saved in the adapter."""
-    from hangpt.train.loop import Trainer
-
     data = tmp_path / "qa.csv"
     _qa_file(data)
     head = ["sft", "--model", tiny_checkpoint, "--data", data, "--template", "kogpt2", "--lora-r", 4,
@@ -163,16 +184,7 @@ def test_lora_ctrl_c_then_resume_equals_uninterrupted(tmp_path, tiny_checkpoint,
             "--gradient-checkpointing"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     _run(head + ["--out", straight])
-    original = Trainer._micro_step
-
-    def micro_step(self, model):
-        if self.step == 2:
-            signal.raise_signal(signal.SIGINT)
-        return original(self, model)
-
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "_micro_step", micro_step)
-        _run(head + ["--out", stopped], code=130)
+    _run_interrupted(monkeypatch, head + ["--out", stopped])
     assert "interrupted at step 3" in capsys.readouterr().err
     assert (stopped / "train_state.pt").exists() and (stopped / "adapter_model.safetensors").exists()
     _run(head + ["--out", stopped, "--resume"])
@@ -207,10 +219,7 @@ def test_llama_adapter_matches_peft(tmp_path, tiny_tokenizer, targets):
 def test_alignment_commands_with_lora(tmp_path, tiny_checkpoint, capsys):
     """rm, dpo and ppo with --lora-r: adapters + the new heads (score, v_head) are all that is saved;
     the reward adapter scores as a reward model, merged or not."""
-    prefs = tmp_path / "prefs.jsonl"
-    rows = [("배고파", "맛있는 거 챙겨 드세요.", "싫어"), ("추워", "따뜻하게 입으세요.", "몰라")] * 6
-    prefs.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}, ensure_ascii=False) + "\n"
-                             for p, c, r in rows), encoding="utf-8")
+    prefs = _prefs_file(tmp_path / "prefs.jsonl")
     common = ["--max-steps", 2, "--batch-size", 4, "--lora-r", 4, "--no-progress"]
     _run(["rm", "train", "--model", tiny_checkpoint, "--data", prefs, "--out", tmp_path / "rm", *common])
     rm = tmp_path / "rm"

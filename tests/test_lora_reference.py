@@ -4,7 +4,6 @@ exactly what a frozen copy gave."""
 
 import copy
 import json
-import signal
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from hangpt.checkpoint import load_checkpoint
 from hangpt.models.lora import add_lora, adapters_disabled, merge_lora
 from hangpt.train import ppo as ppo_module
 from hangpt.train.ppo import PPOConfig, PPOTrainer, train_ppo
-from test_lora import _run
+from test_lora import _prefs_file, _run, _run_interrupted
 from test_ppo import PROMPTS, _cfg, _counting_scorer, _target_tokens
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.05, "targets": ["c_attn", "c_proj", "c_fc"]}
@@ -89,26 +88,13 @@ def test_dpo_lora_resume_uses_the_base_as_reference(tmp_path, tiny_checkpoint, m
     """A resumed LoRA DPO run recomputes the reference log-probs with the adapters off instead of
     loading the base a second time, and ends exactly where an uninterrupted run does."""
     from hangpt.train import dpo
-    from hangpt.train.loop import Trainer
 
-    prefs = tmp_path / "prefs.jsonl"
-    rows = [("배고파", "맛있는 거 챙겨 드세요.", "싫어"), ("추워", "따뜻하게 입으세요.", "몰라")] * 6
-    prefs.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}, ensure_ascii=False) + "\n"
-                             for p, c, r in rows), encoding="utf-8")
+    prefs = _prefs_file(tmp_path / "prefs.jsonl")
     head = ["dpo", "--model", tiny_checkpoint, "--data", prefs, "--max-steps", 4, "--batch-size", 4, "--lora-r", 4,
             "--save-every", 100, "--no-progress"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     _run(head + ["--out", straight])
-    original = Trainer._micro_step
-
-    def micro_step(self, model):
-        if self.step == 2:
-            signal.raise_signal(signal.SIGINT)
-        return original(self, model)
-
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "_micro_step", micro_step)
-        _run(head + ["--out", stopped], code=130)
+    _run_interrupted(monkeypatch, head + ["--out", stopped])
     assert "interrupted at step 3" in capsys.readouterr().err
 
     def no_second_base(*args):
