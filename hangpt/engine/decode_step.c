@@ -12,12 +12,27 @@
  * hangpt/engine/fast.py compiles this file, and tests check it against the PyTorch forward.
  *
  * Layouts: GPT-2's weights as in its checkpoints, Conv1D (in, out) row-major, its LM head as a
- * transposed copy (hidden, vocab); the Llama family's as nn.Linear, (out, in), its LM head as is
- * (vocab, hidden). The KV cache is (layers, batch, kv_heads, max_len, head_dim).
+ * transposed copy (hidden, vocab) in float32 and as is (vocab, hidden) in bf16; the Llama family's as
+ * nn.Linear, (out, in), its LM head as is (vocab, hidden). The KV cache is (layers, batch, kv_heads,
+ * max_len, head_dim).
+ *
+ * bfloat16 models: the weight matrices, embeddings and KV cache are read as they are, bf16 (half the
+ * bytes a step streams, and no float32 copy in memory); the products are summed in float32, and the
+ * activations, kept in float32, are rounded to bf16 wherever torch's bf16 forward rounds its results
+ * (each linear layer, norm, residual sum, rotation, attention score and weight, activation function),
+ * so both compute with the same numbers. Caching k and v in float32 would gain nothing: they are
+ * bf16 values. Where the compiler targets AVX512-BF16 (-march=native on such a CPU) the Llama-layout
+ * matrices are multiplied with its bf16 dot product (32 products per instruction; exact, as the
+ * activations are bf16 values); elsewhere, and for GPT-2's Conv1D layout (whose pairs of input rows
+ * would need shuffling first), each weight is widened to float32 by a shift (auto-vectorised).
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 #include <omp.h>
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
 
 /* The shapes of one call, mirrored by fast.Shape (same fields, same order). */
 typedef struct {
@@ -29,6 +44,8 @@ typedef struct {
     int past;     /* filled positions before this call (a decoding query's slot) */
     int threads;
     float eps;    /* of the LayerNorms / RMSNorms */
+    int bf16;     /* 0: float32 model; 1: bf16 weight matrices and cache (see above); 2: the same with
+                     AVX512-BF16 dot products (only if hangpt_native_bf16()) */
 } Shape;
 
 /* The queries of one call and where results go, mirrored by fast.Queries. tokens, positions, rows,
@@ -41,7 +58,8 @@ typedef struct {
     const unsigned char *keep;
     long long keep_stride;
     const long long *out_rows;
-    float *kcache, *vcache, *logits;
+    void *kcache, *vcache;  /* float32, or bf16 in a bf16 model */
+    float *logits;
     long long *argmax;
     float *scratch;  /* hangpt_*_scratch(shape) floats */
 } Queries;
@@ -49,6 +67,37 @@ typedef struct {
 #define ROW(io, n) ((io)->rows ? (io)->rows[n] : (long long)(n))
 #define SLOT(s, io, n) ((io)->slots ? (io)->slots[n] : (long long)(s)->past)
 #define POSITION(s, io, n) ((io)->positions ? (io)->positions[n] : SLOT(s, io, n))
+
+/* ---- bfloat16: the top half of a float32 ---- */
+typedef uint16_t bf16;
+
+#pragma omp declare simd
+static inline float widen(bf16 b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* x to the nearest bf16, ties to even, NaN kept a NaN: torch's float -> bfloat16 conversion. */
+#pragma omp declare simd
+static inline bf16 bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return x != x ? (bf16)0x7fc0 : (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+#pragma omp declare simd
+static inline float round_bf16(float x) {
+    return widen(bf16_bits(x));
+}
+
+/* An activation as the forward keeps it (wide: a bf16 model's, rounded to bf16), and element i of
+ * a weight matrix or cache, float32 or bf16. `wide` is a constant where it matters: the kernels
+ * below are inlined into one copy per type. */
+#define ROUND(wide, x) ((wide) ? round_bf16(x) : (x))
+#define AT(wide, p, i) ((wide) ? widen(((const bf16 *)(p))[i]) : ((const float *)(p))[i])
+#define INLINE static inline __attribute__((always_inline))
 
 /* This thread's share [*lo, *hi) of n items, in multiples of `grain`. */
 static void share(int n, int grain, int *lo, int *hi) {
@@ -61,39 +110,41 @@ static void share(int n, int grain, int *lo, int *hi) {
 /* ---- matrix products and norms ---- */
 /* p[b, o] += sum over rows i in [i0, i1) of x[b, i] W[i, o], for one row of x: eight rows of W
  * at a time, so p is read and written once per eight rows of W. */
-static void rows_one(const float *restrict x, const float *restrict W, float *restrict p, int out, int i0, int i1,
-                     int ob, int oe) {
+INLINE void rows_one(const float *restrict x, const void *restrict W, int wide, float *restrict p, int out, int i0,
+                     int i1, int ob, int oe) {
     int i = i0;
     for (; i + 8 <= i1; i += 8) {
-        const float *w = W + (size_t)i * out;
+        const size_t w = (size_t)i * out;
         float x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3], x4 = x[i + 4], x5 = x[i + 5], x6 = x[i + 6],
               x7 = x[i + 7];
 #pragma omp simd
         for (int o = ob; o < oe; o++)
-            p[o] += x0 * w[o] + x1 * w[out + o] + x2 * w[2 * out + o] + x3 * w[3 * out + o] + x4 * w[4 * out + o]
-                  + x5 * w[5 * out + o] + x6 * w[6 * out + o] + x7 * w[7 * out + o];
+            p[o] += x0 * AT(wide, W, w + o) + x1 * AT(wide, W, w + out + o) + x2 * AT(wide, W, w + 2 * out + o)
+                  + x3 * AT(wide, W, w + 3 * out + o) + x4 * AT(wide, W, w + 4 * out + o)
+                  + x5 * AT(wide, W, w + 5 * out + o) + x6 * AT(wide, W, w + 6 * out + o)
+                  + x7 * AT(wide, W, w + 7 * out + o);
     }
     for (; i < i1; i++) {
-        const float *w = W + (size_t)i * out;
+        const size_t w = (size_t)i * out;
         float xi = x[i];
 #pragma omp simd
-        for (int o = ob; o < oe; o++) p[o] += xi * w[o];
+        for (int o = ob; o < oe; o++) p[o] += xi * AT(wide, W, w + o);
     }
 }
 
 /* The same for four rows of x at once: each vector of W loaded feeds all four (beams, batches). */
-static void rows_four(const float *restrict x, int in, const float *restrict W, float *restrict p, int out, int i0,
-                      int i1, int ob, int oe) {
+INLINE void rows_four(const float *restrict x, int in, const void *restrict W, int wide, float *restrict p, int out,
+                      int i0, int i1, int ob, int oe) {
     float *restrict p0 = p, *restrict p1 = p + out, *restrict p2 = p + 2 * (size_t)out, *restrict p3 = p + 3 * (size_t)out;
     int i = i0;
     for (; i + 4 <= i1; i += 4) {
-        const float *w = W + (size_t)i * out;
+        const size_t w = (size_t)i * out;
         const float *a = x + i, *b = x + in + i, *c = x + 2 * (size_t)in + i, *d = x + 3 * (size_t)in + i;
 #pragma omp simd
         for (int o = ob; o < oe; o++) {
             float s0 = p0[o], s1 = p1[o], s2 = p2[o], s3 = p3[o];
             for (int j = 0; j < 4; j++) {
-                float wj = w[j * out + o];
+                float wj = AT(wide, W, w + (size_t)j * out + o);
                 s0 += a[j] * wj;
                 s1 += b[j] * wj;
                 s2 += c[j] * wj;
@@ -102,16 +153,17 @@ static void rows_four(const float *restrict x, int in, const float *restrict W, 
             p0[o] = s0, p1[o] = s1, p2[o] = s2, p3[o] = s3;
         }
     }
-    for (int r = 0; r < 4; r++) rows_one(x + (size_t)r * in, W, p + (size_t)r * out, out, i, i1, ob, oe);
+    for (int r = 0; r < 4; r++) rows_one(x + (size_t)r * in, W, wide, p + (size_t)r * out, out, i, i1, ob, oe);
 }
 
-/* y (B, out) = [y +] x (B, in) @ W (in, out) [+ bias], called by every thread of the team.
+/* y (B, out) = [y +] x (B, in) @ W (in, out) [+ bias], called by every thread of the team (in a bf16
+ * model the product plus bias is rounded, then the sum with y, as torch's addmm and add round).
  * Each thread streams its own contiguous band of W's rows (one sequential read per thread is
  * what memory bandwidth rewards) into its partial sums, in blocks of columns that stay in L1;
  * after a barrier the threads add the partials up, each for its share of the columns. The order
  * of the additions depends only on the thread count, so results are repeatable. */
-static void matmul(const float *restrict x, const float *restrict W, const float *restrict bias, float *restrict y,
-                   int B, int in, int out, int accumulate, float *restrict partial) {
+INLINE void matmul_of(const float *restrict x, const void *restrict W, int wide, const float *restrict bias,
+                      float *restrict y, int B, int in, int out, int accumulate, float *restrict partial) {
     int i0, i1, o0, o1, nt = omp_get_num_threads();
     share(in, 16, &i0, &i1);
     float *mine = partial + (size_t)omp_get_thread_num() * B * out;
@@ -120,19 +172,117 @@ static void matmul(const float *restrict x, const float *restrict W, const float
     for (int ob = 0; ob < out; ob += block) {
         int oe = ob + block < out ? ob + block : out, b = 0;
         for (; b + 4 <= B; b += 4)
-            rows_four(x + (size_t)b * in, in, W, mine + (size_t)b * out, out, i0, i1, ob, oe);
-        for (; b < B; b++) rows_one(x + (size_t)b * in, W, mine + (size_t)b * out, out, i0, i1, ob, oe);
+            rows_four(x + (size_t)b * in, in, W, wide, mine + (size_t)b * out, out, i0, i1, ob, oe);
+        for (; b < B; b++) rows_one(x + (size_t)b * in, W, wide, mine + (size_t)b * out, out, i0, i1, ob, oe);
     }
 #pragma omp barrier
     share(out, 16, &o0, &o1);
     for (int b = 0; b < B; b++) {
         float *yb = y + (size_t)b * out;
         for (int o = o0; o < o1; o++) {
-            float sum = (accumulate ? yb[o] : 0.0f) + (bias ? bias[o] : 0.0f);
+            float sum = bias ? bias[o] : 0.0f;
             for (int k = 0; k < nt; k++) sum += partial[((size_t)k * B + b) * out + o];
-            yb[o] = sum;
+            yb[o] = accumulate ? ROUND(wide, yb[o] + ROUND(wide, sum)) : ROUND(wide, sum);
         }
     }
+}
+
+static void matmul(const Shape *s, const float *x, const void *W, const float *bias, float *y, int B, int in, int out,
+                   int accumulate, float *partial) {
+    if (s->bf16)
+        matmul_of(x, W, 1, bias, y, B, in, out, accumulate, partial);
+    else
+        matmul_of(x, W, 0, bias, y, B, in, out, accumulate, partial);
+}
+
+#define LANES 16
+#define AHEAD 4 /* rows: prefetch the next block of four (measured: further ahead is slower) */
+
+/* y[b, o..o+rows) from the four row sums of W . x[b]: plus bias, rounded (bf16), added to y. */
+INLINE void store_sums(float *yb, const float *sums, int rows, const float *bias, int accumulate, int wide) {
+    for (int r = 0; r < rows; r++) {
+        float value = ROUND(wide, sums[r] + (bias ? bias[r] : 0.0f));
+        yb[r] = accumulate ? ROUND(wide, yb[r] + value) : value;
+    }
+}
+
+INLINE void linear_band_of(const float *restrict x, const void *restrict W, int wide, const float *restrict bias,
+                           float *restrict y, int B, int in, int out, int accumulate) {
+    int o0, o1;
+    share(out, 4, &o0, &o1);
+    const int body = in / LANES * LANES;
+    const size_t size = wide ? sizeof(bf16) : sizeof(float);
+    for (int o = o0; o < o1; o += 4) {
+        const int rows = o1 - o < 4 ? o1 - o : 4;
+        size_t w[4];  /* where each row starts in W */
+        for (int r = 0; r < 4; r++) w[r] = (size_t)(o + (r < rows ? r : 0)) * in;
+        const char *next = (const char *)W + (w[0] + AHEAD * (size_t)in) * size;  /* rows further on: W is read in order */
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * in;
+            float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+            for (int i = 0; i < body; i += LANES) {
+                if (b == 0 && o + AHEAD + 4 <= o1)  /* fetched while these are summed */
+                    for (int r = 0; r < 4; r++) __builtin_prefetch(next + (4 * i + r * LANES) * size);
+#pragma omp simd
+                for (int j = 0; j < LANES; j++) {
+                    float xv = xb[i + j];
+                    a0[j] += xv * AT(wide, W, w[0] + i + j);
+                    a1[j] += xv * AT(wide, W, w[1] + i + j);
+                    a2[j] += xv * AT(wide, W, w[2] + i + j);
+                    a3[j] += xv * AT(wide, W, w[3] + i + j);
+                }
+            }
+            float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int j = 0; j < LANES; j++) sums[0] += a0[j], sums[1] += a1[j], sums[2] += a2[j], sums[3] += a3[j];
+            for (int i = body; i < in; i++)
+                for (int r = 0; r < 4; r++) sums[r] += xb[i] * AT(wide, W, w[r] + i);
+            store_sums(y + (size_t)b * out + o, sums, rows, bias ? bias + o : 0, accumulate, wide);
+        }
+    }
+}
+
+#ifdef __AVX512BF16__
+/* linear_band_of for bf16 weights with AVX512-BF16: each instruction multiplies 16 pairs of bf16
+ * and adds them to 16 float32 sums, so the arithmetic of a block of four rows costs a third of
+ * widening; x is converted to bf16 as it is read (exactly: a bf16 model's activations are bf16
+ * values). The tail of a row shorter than 32 is read through a mask. */
+static void linear_band_dpbf16(const float *restrict x, const bf16 *restrict W, const float *restrict bias,
+                               float *restrict y, int B, int in, int out, int accumulate) {
+    int o0, o1;
+    share(out, 4, &o0, &o1);
+    for (int o = o0; o < o1; o += 4) {
+        const int rows = o1 - o < 4 ? o1 - o : 4;
+        const bf16 *w[4];
+        for (int r = 0; r < 4; r++) w[r] = W + (size_t)(o + (r < rows ? r : 0)) * in;
+        const char *next = (const char *)(w[0] + AHEAD * (size_t)in);
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * in;
+            __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int i = 0; i < in; i += 32) {
+                const int left = in - i;
+                const __mmask32 m = left >= 32 ? 0xffffffffu : (1u << left) - 1;
+                const __m512bh xv = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps((__mmask16)(m >> 16), xb + i + 16),
+                                                        _mm512_maskz_loadu_ps((__mmask16)m, xb + i));
+                if (b == 0 && o + AHEAD + 4 <= o1)
+                    for (int r = 0; r < 4; r++) __builtin_prefetch(next + 4 * i * sizeof(bf16) + r * 64);
+                for (int r = 0; r < 4; r++)
+                    a[r] = _mm512_dpbf16_ps(a[r], xv, (__m512bh)_mm512_maskz_loadu_epi16(m, w[r] + i));
+            }
+            float sums[4];
+            for (int r = 0; r < 4; r++) sums[r] = _mm512_reduce_add_ps(a[r]);
+            store_sums(y + (size_t)b * out + o, sums, rows, bias ? bias + o : 0, accumulate, 1);
+        }
+    }
+}
+#endif
+
+/* Whether this build multiplies bf16 with AVX512-BF16 (Shape.bf16 = 2 may be asked for). */
+int hangpt_native_bf16(void) {
+#ifdef __AVX512BF16__
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 /* y (B, out) = [y +] x (B, in) W^T [+ bias] for W in nn.Linear's layout (out, in), this thread
@@ -141,42 +291,18 @@ static void matmul(const float *restrict x, const float *restrict W, const float
  * rows that come next (short rows, as Llama's 256-1024 floats, give the hardware prefetcher too
  * little to detect). No partial results to add up across threads: a barrier is needed only
  * before y is read. */
-#define LANES 16
-#define AHEAD 4 /* rows: prefetch the next block of four (measured: further ahead is slower) */
-static void linear_band(const float *restrict x, const float *restrict W, const float *restrict bias,
-                        float *restrict y, int B, int in, int out, int accumulate) {
-    int o0, o1;
-    share(out, 4, &o0, &o1);
-    const int body = in / LANES * LANES;
-    for (int o = o0; o < o1; o += 4) {
-        const int rows = o1 - o < 4 ? o1 - o : 4;
-        const float *w[4];
-        for (int r = 0; r < 4; r++) w[r] = W + (size_t)(o + (r < rows ? r : 0)) * in;
-        for (int b = 0; b < B; b++) {
-            const float *xb = x + (size_t)b * in;
-            float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
-            const float *next = w[0] + AHEAD * (size_t)in;  /* rows further on: W is read in order */
-            for (int i = 0; i < body; i += LANES) {
-                if (b == 0 && o + AHEAD + 4 <= o1)  /* fetched while these are summed */
-                    for (int r = 0; r < 4; r++) __builtin_prefetch(next + 4 * i + r * LANES);
-#pragma omp simd
-                for (int j = 0; j < LANES; j++) {
-                    float xv = xb[i + j];
-                    a0[j] += xv * w[0][i + j];
-                    a1[j] += xv * w[1][i + j];
-                    a2[j] += xv * w[2][i + j];
-                    a3[j] += xv * w[3][i + j];
-                }
-            }
-            float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (int j = 0; j < LANES; j++) sums[0] += a0[j], sums[1] += a1[j], sums[2] += a2[j], sums[3] += a3[j];
-            for (int i = body; i < in; i++)
-                for (int r = 0; r < 4; r++) sums[r] += xb[i] * w[r][i];
-            float *yb = y + (size_t)b * out + o;
-            for (int r = 0; r < rows; r++)
-                yb[r] = (accumulate ? yb[r] : 0.0f) + (sums[r] + (bias ? bias[o + r] : 0.0f));
-        }
+static void linear(const Shape *s, const float *x, const void *W, const float *bias, float *y, int B, int in, int out,
+                   int accumulate) {
+#ifdef __AVX512BF16__
+    if (s->bf16 == 2) {
+        linear_band_dpbf16(x, W, bias, y, B, in, out, accumulate);
+        return;
     }
+#endif
+    if (s->bf16)
+        linear_band_of(x, W, 1, bias, y, B, in, out, accumulate);
+    else
+        linear_band_of(x, W, 0, bias, y, B, in, out, accumulate);
 }
 
 /* LayerNorm of rows of x into the rows of y (y row r from x row `pick[r]`, or row r when pick is
@@ -184,7 +310,7 @@ static void linear_band(const float *restrict x, const float *restrict W, const 
  * matmul reads, so no barrier is needed in between (the statistics of the whole row are cheap
  * to compute in every thread). */
 static void layer_norm_band(const float *x, const long long *pick, const float *w, const float *bias, float *y,
-                            int count, int C, float eps) {
+                            int count, int C, float eps, int wide) {
     int c0, c1;
     share(C, 16, &c0, &c1);
     for (int r = 0; r < count; r++) {
@@ -197,28 +323,30 @@ static void layer_norm_band(const float *x, const long long *pick, const float *
         for (int c = 0; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
         float inv = 1.0f / sqrtf(var / C + eps);
 #pragma omp simd
-        for (int c = c0; c < c1; c++) y[(size_t)r * C + c] = (xr[c] - mean) * inv * w[c] + bias[c];
+        for (int c = c0; c < c1; c++) y[(size_t)r * C + c] = ROUND(wide, (xr[c] - mean) * inv * w[c] + bias[c]);
     }
 }
 
 /* RMSNorm of one vector of C floats, y = w * x / rms(x) (y may be x): the Llama family's block
- * norms, and Qwen3's per-head q/k norms. */
-static void rms_norm(const float *x, const float *w, float *y, int C, float eps) {
+ * norms, and Qwen3's per-head q/k norms. In bf16, x / rms(x) is rounded before the product, as
+ * models.layers.RMSNorm does. */
+static void rms_norm(const float *x, const float *w, float *y, int C, float eps, int wide) {
     float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
     for (int c = 0; c < C; c++) ss += x[c] * x[c];
     float inv = 1.0f / sqrtf(ss / C + eps);
 #pragma omp simd
-    for (int c = 0; c < C; c++) y[c] = w[c] * (x[c] * inv);
+    for (int c = 0; c < C; c++) y[c] = ROUND(wide, w[c] * ROUND(wide, x[c] * inv));
 }
 
 /* Rotary embedding of one head vector in place ("rotate half": dimension i pairs with i + D/2),
- * cs holding the D/2 cosines then the D/2 sines of its position. */
-static void rotate(float *v, const float *cs, int half) {
+ * cs holding the D/2 cosines then the D/2 sines of its position; in bf16 each product and sum
+ * rounded, as apply_rotary's tensor operations round. */
+static void rotate(float *v, const float *cs, int half, int wide) {
     for (int i = 0; i < half; i++) {
         float a = v[i], b = v[i + half], c = cs[i], s = cs[half + i];
-        v[i] = a * c - b * s;
-        v[i + half] = b * c + a * s;
+        v[i] = ROUND(wide, ROUND(wide, a * c) + ROUND(wide, -b * s));
+        v[i + half] = ROUND(wide, ROUND(wide, b * c) + ROUND(wide, a * s));
     }
 }
 
@@ -252,18 +380,30 @@ static inline float gelu_tanh(float x) {
 static void store_kv(const Shape *s, const Queries *io, int l, int n, int kvh, const float *k, const float *v) {
     const int D = s->head_dim;
     size_t at = ((((size_t)l * s->batch + ROW(io, n)) * s->kv_heads + kvh) * s->max_len + SLOT(s, io, n)) * D;
-    memcpy(io->kcache + at, k, D * sizeof(float));
-    memcpy(io->vcache + at, v, D * sizeof(float));
+    if (!s->bf16) {
+        memcpy((float *)io->kcache + at, k, D * sizeof(float));
+        memcpy((float *)io->vcache + at, v, D * sizeof(float));
+        return;
+    }
+    for (int d = 0; d < D; d++) {
+        ((bf16 *)io->kcache)[at + d] = bf16_bits(k[d]);
+        ((bf16 *)io->vcache)[at + d] = bf16_bits(v[d]);
+    }
 }
 
 /* Attention of query n's head h (q: D floats) over the slots 0..its own of its cache row, in KV
  * head h / (heads / kv_heads) (grouped-query attention), skipping pad slots (keep = 0) except its
- * own, as models.layers.attention_mask_for does; y receives D floats, p is T floats of scratch. */
-static void attend(const Shape *s, const Queries *io, int l, int n, int h, const float *q, float *y, float *p) {
+ * own, as models.layers.attention_mask_for does; y receives D floats, p is T floats of scratch.
+ * In bf16 the scores, the scaled scores, the softmax weights and y are rounded, as layers.attend's
+ * tensor operations (the softmax itself in float32). */
+INLINE void attend_of(const Shape *s, const Queries *io, int l, int n, int h, const float *q, float *y, float *p,
+                      int wide) {
     const int D = s->head_dim, T = s->max_len, own = (int)SLOT(s, io, n);
     const int kvh = h / (s->heads / s->kv_heads);
     const size_t head_offset = (((size_t)l * s->batch + ROW(io, n)) * s->kv_heads + kvh) * T * D;
-    const float *kc = io->kcache + head_offset, *vc = io->vcache + head_offset, scale = 1.0f / sqrtf((float)D);
+    const void *kc = (const char *)io->kcache + head_offset * (wide ? sizeof(bf16) : sizeof(float));
+    const void *vc = (const char *)io->vcache + head_offset * (wide ? sizeof(bf16) : sizeof(float));
+    const float scale = (float)(1.0 / sqrt((double)D));
     const unsigned char *real = io->keep ? io->keep + ROW(io, n) * io->keep_stride : 0;
     float best = -INFINITY;
     for (int t = 0; t <= own; t++) {
@@ -273,19 +413,27 @@ static void attend(const Shape *s, const Queries *io, int l, int n, int h, const
         }
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-        for (int d = 0; d < D; d++) dot += q[d] * kc[(size_t)t * D + d];
-        p[t] = dot * scale;
+        for (int d = 0; d < D; d++) dot += q[d] * AT(wide, kc, (size_t)t * D + d);
+        p[t] = ROUND(wide, ROUND(wide, dot) * scale);
         if (p[t] > best) best = p[t];
     }
     float sum = 0.0f;
     for (int t = 0; t <= own; t++) sum += (p[t] = expf(p[t] - best));
     for (int d = 0; d < D; d++) y[d] = 0.0f;
     for (int t = 0; t <= own; t++) {
-        float pt = p[t] / sum;
+        float pt = ROUND(wide, p[t] / sum);
         if (pt == 0.0f) continue;
 #pragma omp simd
-        for (int d = 0; d < D; d++) y[d] += pt * vc[(size_t)t * D + d];
+        for (int d = 0; d < D; d++) y[d] += pt * AT(wide, vc, (size_t)t * D + d);
     }
+    for (int d = 0; d < D; d++) y[d] = ROUND(wide, y[d]);
+}
+
+static void attend(const Shape *s, const Queries *io, int l, int n, int h, const float *q, float *y, float *p) {
+    if (s->bf16)
+        attend_of(s, io, l, n, h, q, y, p, 1);
+    else
+        attend_of(s, io, l, n, h, q, y, p, 0);
 }
 
 /* The greedy tokens: argmax of each row of logits, first index of the maximum (as torch.argmax). */
@@ -320,9 +468,12 @@ size_t hangpt_gpt2_scratch(const Shape *s) {
  * row and slot: decoding feeds one query per row at slot `past`; a short prompt feeds all its
  * tokens at once (the engine's prefill), query t of a row at slot t. Every query writes its key
  * and value at its slot, then attends to the slots 0..its own of its row (causal).
- * weights: GPT2_PER_LAYER pointers per layer, then ln_f weight, ln_f bias, wte, wpe, head (hidden, vocab). */
+ * weights: GPT2_PER_LAYER pointers per layer, then ln_f weight, ln_f bias, wte, wpe, head ((hidden, vocab);
+ * in bf16 (vocab, hidden)). In a bf16 model the matrices, wte, wpe and the head are bf16, the
+ * vectors (norms, biases) float32. */
 void hangpt_gpt2_forward(const Shape *s, const float *const *weights, const Queries *io) {
     const int L = s->layers, H = s->heads, C = s->hidden, F = s->mlp, N = s->queries, M = s->outputs, D = s->head_dim;
+    const int wide = s->bf16 != 0;
     float *x = io->scratch, *h = x + (size_t)N * C, *qkv = h + (size_t)N * C, *att = qkv + 3 * (size_t)N * C;
     float *f = att + (size_t)N * C, *probs = f + (size_t)N * F, *partial_a = probs + (size_t)N * H * s->max_len;
     float *partial_b = partial_a + gpt2_partials(s);
@@ -332,13 +483,14 @@ void hangpt_gpt2_forward(const Shape *s, const float *const *weights, const Quer
     {
 #pragma omp for
         for (int n = 0; n < N; n++) {
-            const float *te = top[GPT2_WTE] + (size_t)io->tokens[n] * C, *pe = top[GPT2_WPE] + (size_t)POSITION(s, io, n) * C;
-            for (int c = 0; c < C; c++) x[(size_t)n * C + c] = te[c] + pe[c];
+            const size_t te = (size_t)io->tokens[n] * C, pe = (size_t)POSITION(s, io, n) * C;
+            for (int c = 0; c < C; c++)
+                x[(size_t)n * C + c] = ROUND(wide, AT(wide, top[GPT2_WTE], te + c) + AT(wide, top[GPT2_WPE], pe + c));
         }
         for (int l = 0; l < L; l++) {
             const float *const *w = weights + l * GPT2_PER_LAYER;
-            layer_norm_band(x, 0, w[LN1_W], w[LN1_B], h, N, C, s->eps);
-            matmul(h, w[ATTN_W], w[ATTN_B], qkv, N, C, 3 * C, 0, partial_a);
+            layer_norm_band(x, 0, w[LN1_W], w[LN1_B], h, N, C, s->eps, wide);
+            matmul(s, h, w[ATTN_W], w[ATTN_B], qkv, N, C, 3 * C, 0, partial_a);
 #pragma omp barrier
 #pragma omp for
             for (int nh = 0; nh < N * H; nh++) {  /* every query's key and value into its slot */
@@ -351,10 +503,10 @@ void hangpt_gpt2_forward(const Shape *s, const float *const *weights, const Quer
                 attend(s, io, l, n, hd, qkv + (size_t)n * 3 * C + hd * D, att + (size_t)n * C + hd * D,
                        probs + (size_t)nh * s->max_len);
             }
-            matmul(att, w[PROJ_W], w[PROJ_B], x, N, C, C, 1, partial_b);
+            matmul(s, att, w[PROJ_W], w[PROJ_B], x, N, C, C, 1, partial_b);
 #pragma omp barrier
-            layer_norm_band(x, 0, w[LN2_W], w[LN2_B], h, N, C, s->eps);
-            matmul(h, w[FC_W], w[FC_B], f, N, C, F, 0, partial_a);
+            layer_norm_band(x, 0, w[LN2_W], w[LN2_B], h, N, C, s->eps, wide);
+            matmul(s, h, w[FC_W], w[FC_B], f, N, C, F, 0, partial_a);
             {
                 /* GELU on the columns this thread has just summed, which are also the band of rows
                  * of the next matmul it reads: no barrier before, between, or after (the next
@@ -365,14 +517,18 @@ void hangpt_gpt2_forward(const Shape *s, const float *const *weights, const Quer
                 for (int n = 0; n < N; n++) {
                     float *fn = f + (size_t)n * F;
 #pragma omp simd
-                    for (int o = o0; o < o1; o++) fn[o] = gelu_tanh(fn[o]);
+                    for (int o = o0; o < o1; o++) fn[o] = ROUND(wide, gelu_tanh(fn[o]));
                 }
             }
-            matmul(f, w[FC2_W], w[FC2_B], x, N, F, C, 1, partial_b);
+            matmul(s, f, w[FC2_W], w[FC2_B], x, N, F, C, 1, partial_b);
 #pragma omp barrier
         }
-        layer_norm_band(x, io->out_rows, top[GPT2_LNF_W], top[GPT2_LNF_B], h, M, C, s->eps);  /* only the queries asked for */
-        matmul(h, top[GPT2_HEAD], 0, io->logits, M, C, s->vocab, 0, partial_a);
+        layer_norm_band(x, io->out_rows, top[GPT2_LNF_W], top[GPT2_LNF_B], h, M, C, s->eps, wide);  /* only the queries asked for */
+        if (wide) {  /* the head as nn.Linear keeps it: a transposed copy would double its memory */
+#pragma omp barrier
+            linear(s, h, top[GPT2_HEAD], 0, io->logits, M, C, s->vocab, 0);
+        } else
+            matmul(s, h, top[GPT2_HEAD], 0, io->logits, M, C, s->vocab, 0, partial_a);
 #pragma omp barrier
         argmax_rows(s, io);
     }
@@ -399,9 +555,11 @@ static inline float silu(float x) {
 /* The same forward as hangpt_gpt2_forward (queries, cache rows and slots alike) for the Llama
  * family. weights: LLAMA_PER_LAYER pointers per layer, then the final norm, the token embedding,
  * the LM head (vocab, hidden; the embedding itself when tied) and the rotary inverse frequencies
- * (head_dim / 2, the scaling of rope_scaling already applied). */
+ * (head_dim / 2, the scaling of rope_scaling already applied). In a bf16 model the matrices, the
+ * embedding and the head are bf16, the vectors (norms, biases, frequencies) float32. */
 void hangpt_llama_forward(const Shape *s, const float *const *weights, const Queries *io) {
     const int L = s->layers, H = s->heads, Hkv = s->kv_heads, D = s->head_dim, C = s->hidden, F = s->mlp;
+    const int wide = s->bf16 != 0;
     const int N = s->queries, M = s->outputs, T = s->max_len, half = D / 2;
     float *x = io->scratch, *h = x + (size_t)N * C, *q = h + (size_t)N * C, *k = q + (size_t)N * H * D;
     float *v = k + (size_t)N * Hkv * D, *att = v + (size_t)N * Hkv * D, *g = att + (size_t)N * H * D;
@@ -412,44 +570,45 @@ void hangpt_llama_forward(const Shape *s, const float *const *weights, const Que
     {
 #pragma omp for
         for (int n = 0; n < N; n++) {  /* embeddings, and the cos/sin of each query's position */
-            memcpy(x + (size_t)n * C, top[LLAMA_EMBED] + (size_t)io->tokens[n] * C, C * sizeof(float));
+            const size_t e = (size_t)io->tokens[n] * C;
+            for (int c = 0; c < C; c++) x[(size_t)n * C + c] = AT(wide, top[LLAMA_EMBED], e + c);
             float pos = (float)POSITION(s, io, n);
             for (int i = 0; i < half; i++) {
                 float angle = pos * top[LLAMA_INV_FREQ][i];
-                rope[(size_t)n * D + i] = cosf(angle);
-                rope[(size_t)n * D + half + i] = sinf(angle);
+                rope[(size_t)n * D + i] = ROUND(wide, cosf(angle));
+                rope[(size_t)n * D + half + i] = ROUND(wide, sinf(angle));
             }
         }
         for (int l = 0; l < L; l++) {
             const float *const *w = weights + l * LLAMA_PER_LAYER;
 #pragma omp for
-            for (int n = 0; n < N; n++) rms_norm(x + (size_t)n * C, w[IN_NORM], h + (size_t)n * C, C, s->eps);
-            linear_band(h, w[Q_W], w[Q_B], q, N, C, H * D, 0);
-            linear_band(h, w[K_W], w[K_B], k, N, C, Hkv * D, 0);
-            linear_band(h, w[V_W], w[V_B], v, N, C, Hkv * D, 0);
+            for (int n = 0; n < N; n++) rms_norm(x + (size_t)n * C, w[IN_NORM], h + (size_t)n * C, C, s->eps, wide);
+            linear(s, h, w[Q_W], w[Q_B], q, N, C, H * D, 0);
+            linear(s, h, w[K_W], w[K_B], k, N, C, Hkv * D, 0);
+            linear(s, h, w[V_W], w[V_B], v, N, C, Hkv * D, 0);
 #pragma omp barrier
 #pragma omp for
             for (int nh = 0; nh < N * Hkv; nh++) {  /* every query's key (normed, rotated) and value into its slot */
                 int n = nh / Hkv;
                 float *kh = k + (size_t)nh * D;
-                if (w[K_NORM]) rms_norm(kh, w[K_NORM], kh, D, s->eps);
-                rotate(kh, rope + (size_t)n * D, half);
+                if (w[K_NORM]) rms_norm(kh, w[K_NORM], kh, D, s->eps, wide);
+                rotate(kh, rope + (size_t)n * D, half, wide);
                 store_kv(s, io, l, n, nh % Hkv, kh, v + (size_t)nh * D);
             }
 #pragma omp for
             for (int nh = 0; nh < N * H; nh++) {
                 int n = nh / H;
                 float *qh = q + (size_t)nh * D;
-                if (w[Q_NORM]) rms_norm(qh, w[Q_NORM], qh, D, s->eps);
-                rotate(qh, rope + (size_t)n * D, half);
+                if (w[Q_NORM]) rms_norm(qh, w[Q_NORM], qh, D, s->eps, wide);
+                rotate(qh, rope + (size_t)n * D, half, wide);
                 attend(s, io, l, n, nh % H, qh, att + (size_t)nh * D, probs + (size_t)nh * T);
             }
-            linear_band(att, w[O_W], w[O_B], x, N, H * D, C, 1);
+            linear(s, att, w[O_W], w[O_B], x, N, H * D, C, 1);
 #pragma omp barrier
 #pragma omp for
-            for (int n = 0; n < N; n++) rms_norm(x + (size_t)n * C, w[POST_NORM], h + (size_t)n * C, C, s->eps);
-            linear_band(h, w[GATE_W], w[GATE_B], g, N, C, F, 0);
-            linear_band(h, w[UP_W], w[UP_B], u, N, C, F, 0);
+            for (int n = 0; n < N; n++) rms_norm(x + (size_t)n * C, w[POST_NORM], h + (size_t)n * C, C, s->eps, wide);
+            linear(s, h, w[GATE_W], w[GATE_B], g, N, C, F, 0);
+            linear(s, h, w[UP_W], w[UP_B], u, N, C, F, 0);
             {
                 /* SwiGLU on the band of gate and up this thread has just computed (the same band
                  * for both); the down projection reads every column, hence the barrier after */
@@ -458,19 +617,19 @@ void hangpt_llama_forward(const Shape *s, const float *const *weights, const Que
                 for (int n = 0; n < N; n++) {
                     float *gn = g + (size_t)n * F, *un = u + (size_t)n * F;
 #pragma omp simd
-                    for (int o = o0; o < o1; o++) gn[o] = silu(gn[o]) * un[o];
+                    for (int o = o0; o < o1; o++) gn[o] = ROUND(wide, ROUND(wide, silu(gn[o])) * un[o]);
                 }
             }
 #pragma omp barrier
-            linear_band(g, w[DOWN_W], w[DOWN_B], x, N, F, C, 1);
+            linear(s, g, w[DOWN_W], w[DOWN_B], x, N, F, C, 1);
 #pragma omp barrier
         }
 #pragma omp for
         for (int m = 0; m < M; m++) {  /* the final norm of the queries asked for only */
             long long n = io->out_rows ? io->out_rows[m] : m;
-            rms_norm(x + (size_t)n * C, top[LLAMA_NORM], h + (size_t)m * C, C, s->eps);
+            rms_norm(x + (size_t)n * C, top[LLAMA_NORM], h + (size_t)m * C, C, s->eps, wide);
         }
-        linear_band(h, top[LLAMA_HEAD], 0, io->logits, M, C, s->vocab, 0);
+        linear(s, h, top[LLAMA_HEAD], 0, io->logits, M, C, s->vocab, 0);
 #pragma omp barrier
         argmax_rows(s, io);
     }
@@ -482,10 +641,11 @@ void hangpt_llama_forward(const Shape *s, const float *const *weights, const Que
  * are not touched, and a row is first saved to k_tmp/v_tmp only when it is overwritten while
  * another row still copies it, so the cache stays where it is (and in cache memory) instead of
  * being copied whole every step. */
-void hangpt_reorder_cache(const Shape *s, const long long *parents, int filled, float *k, float *v, float *k_tmp,
-                          float *v_tmp) {
+void hangpt_reorder_cache(const Shape *s, const long long *parents, int filled, char *k, char *v, char *k_tmp,
+                          char *v_tmp) {
     const int L = s->layers, H = s->kv_heads, B = s->batch, D = s->head_dim;
-    const size_t block = (size_t)s->max_len * D, bytes = (size_t)filled * D * sizeof(float);
+    const size_t size = s->bf16 ? sizeof(bf16) : sizeof(float);
+    const size_t block = (size_t)s->max_len * D * size, bytes = (size_t)filled * D * size;
     unsigned char save[B];
     for (int r = 0; r < B; r++) {
         save[r] = 0;

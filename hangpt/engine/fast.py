@@ -2,9 +2,12 @@
 
 The C file is compiled once per machine with the system's C compiler (`cc`, OpenMP) into the
 user's cache folder and loaded with ctypes; nothing is built at install time. Where that is not
-possible (no compiler, no OpenMP, not a CPU, not float32) the engine uses the PyTorch forward,
-which gives the same tokens (tests/test_fast_decode.py compares the two). Set
+possible (no compiler, no OpenMP, not a CPU, neither float32 nor bfloat16) the engine uses the
+PyTorch forward, which gives the same tokens (tests/test_fast_decode*.py compare the two). Set
 HANGPT_FAST_DECODE=0 to always use PyTorch.
+
+bfloat16 models are run from their bf16 weights (no float32 copy), with AVX512-BF16 dot products
+where the compiled library has them (-march=native on such a CPU) and widened to float32 elsewhere.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class Shape(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_int) for name in (
         "layers", "heads", "kv_heads", "head_dim", "hidden", "mlp", "vocab",
-        "queries", "outputs", "batch", "max_len", "past", "threads")] + [("eps", ctypes.c_float)]
+        "queries", "outputs", "batch", "max_len", "past", "threads")] + [("eps", ctypes.c_float), ("bf16", ctypes.c_int)]
 
 
 class Queries(ctypes.Structure):
@@ -150,6 +153,7 @@ def library() -> ctypes.CDLL | None:
         scratch.restype, scratch.argtypes = ctypes.c_size_t, [shape]
     lib.hangpt_reorder_cache.restype = None
     lib.hangpt_reorder_cache.argtypes = [shape, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4
+    lib.hangpt_native_bf16.restype, lib.hangpt_native_bf16.argtypes = ctypes.c_int, []
     lib.hangpt_topk.restype = None
     lib.hangpt_topk.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                 ctypes.c_void_p, ctypes.c_void_p]
@@ -183,12 +187,18 @@ class FastDecoder:
     generations; a changed tensor is noticed by its version counter), so a step costs one C call
     plus a few Python operations. A family's subclass names its C function, its tensors in the
     order the C code reads them, and its MLP width and norm epsilon.
+
+    A bf16 model's matrices are passed as they are, its vectors (norms, biases) as float32 copies
+    (a few KB). native_bf16: use the library's AVX512-BF16 dot products (default: where it has
+    them); False takes the portable path, which computes the same sums in another order.
     """
 
     family = ""
 
     def __init__(self, model: CausalLM, lib: ctypes.CDLL):
         self.model, self.lib = model, lib
+        self.bf16 = model.lm_head.weight.dtype == torch.bfloat16
+        self.native_bf16 = bool(lib.hangpt_native_bf16())
         self._forward = getattr(lib, f"hangpt_{self.family}_forward")
         self._scratch_floats = getattr(lib, f"hangpt_{self.family}_scratch")
         self._key = None
@@ -196,11 +206,12 @@ class FastDecoder:
 
     @staticmethod
     def supports(model: CausalLM) -> bool:
-        """A family with a C step (GPT-2, the Llama family), float32 on a CPU, without LoRA layers
-        (those run unmerged in PyTorch), and a C compiler."""
+        """A family with a C step (GPT-2, the Llama family), float32 or bfloat16 throughout on a
+        CPU, without LoRA layers (those run unmerged in PyTorch), and a C compiler."""
         p = model.lm_head.weight
-        return (type(model) in DECODERS and p.device.type == "cpu" and p.dtype == torch.float32
-                and not has_lora(model) and library() is not None)
+        return (type(model) in DECODERS and p.device.type == "cpu" and p.dtype in (torch.float32, torch.bfloat16)
+                and all(t.dtype == p.dtype for t in model.parameters()) and not has_lora(model)
+                and library() is not None)
 
     @staticmethod
     def for_model(model: CausalLM, lib: ctypes.CDLL) -> "FastDecoder":
@@ -215,8 +226,9 @@ class FastDecoder:
         engine's copy, built only by the families that read it)."""
         params = self.tensors(head)
         key = [None if t is None else weight_key(t) for t in params]
-        if key != self._key:
-            self._weights = [None if t is None else t.detach().contiguous() for t in params]  # kept alive for C
+        if key != self._key:  # kept alive for C; vectors in float32 (a bf16 model's are small)
+            self._weights = [None if t is None else t.detach().float() if t.dim() == 1 else t.detach().contiguous()
+                             for t in params]
             self._pointers = (ctypes.c_void_p * len(params))(*[pointer(t) for t in self._weights])
             self._key = key
 
@@ -224,7 +236,7 @@ class FastDecoder:
         cfg = self.model.config
         return Shape(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, self.mlp_width,
                      cfg.vocab_size, queries, outputs, cache.k.shape[1], cache.k.shape[3], cache.length,
-                     torch.get_num_threads(), self.eps)
+                     torch.get_num_threads(), self.eps, 2 if self.bf16 and self.native_bf16 else int(self.bf16))
 
     def reorder_rows(self, cache: KVCache, index: torch.Tensor, spare_k, spare_v) -> None:
         """For KVCache.reorder (beam search, every step): row b of the cache takes the filled
@@ -240,6 +252,12 @@ class FastDecoder:
         next-token logits (B, vocab) and their argmax (B,), the greedy tokens, from the same call."""
         B = tokens.shape[0]
         return self._run(tokens, positions, None, None, padding_mask, cache, None, B, cache.length + 1)
+
+    def step_rows(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One new token for each of the first tokens.numel() cache rows, each at its own position
+        slots[b] (rows of different lengths: continuous batching); returns as `step`."""
+        B = tokens.shape[0]
+        return self._run(tokens, slots, None, slots, None, cache, None, B, int(slots.max()) + 1)
 
     def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None,
                 cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,6 +279,8 @@ class FastDecoder:
             from ..errors import InputError
 
             raise InputError(f"sequence of {length} tokens is longer than the model's context ({cfg.context_length})")
+        if cache.k.dtype != self.model.lm_head.weight.dtype:
+            raise ValueError(f"a {cache.k.dtype} KV cache for a {self.model.lm_head.weight.dtype} model")
         if not (cache.k.is_contiguous() and cache.v.is_contiguous()):
             cache.k, cache.v = cache.k.contiguous(), cache.v.contiguous()
         shape = self.shape(cache, tokens.numel(), M)
@@ -296,9 +316,10 @@ class GPT2Decoder(FastDecoder):
         return self.model.config.layer_norm_epsilon
 
     def tensors(self, head):
+        """The LM head transposed in float32; in bf16 nn.Linear's (a copy would double its memory)."""
         tr = self.model.transformer
         return [p for block in tr.h for p in self.layer_params(block)] + [
-            tr.ln_f.weight, tr.ln_f.bias, tr.wte.weight, tr.wpe.weight, head()]
+            tr.ln_f.weight, tr.ln_f.bias, tr.wte.weight, tr.wpe.weight, self.model.lm_head.weight if self.bf16 else head()]
 
 
 class LlamaDecoder(FastDecoder):
