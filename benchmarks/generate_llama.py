@@ -8,8 +8,10 @@ Qwen2.5-0.5B-shaped checkpoint in bf16.
 Random weights (no download), made by transformers from a config and saved once to a temp folder:
 a tiny Llama (4 layers x 256, GQA 4/2 heads, vocab 8192) and a model with Qwen2.5-0.5B's shape
 (hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocab 151936, tied head). Greedy,
-batch 1, no eos, so both decode exactly max_new_tokens. float32 (hangpt's fused C step), and
-bfloat16 where this CPU has native bf16 (hangpt's PyTorch forward: the C step is float32 only).
+batch 1, no eos, so both decode exactly max_new_tokens. float32 and bfloat16, both through hangpt's
+fused C step (bf16: from the bf16 weights, with AVX512-BF16 dot products where this CPU and compiler
+have them, widened to float32 otherwise; transformers' bf16 is emulated, slow, on a CPU without
+native bf16). Each bf16 row also gives hangpt's bf16 speed against its own float32 speed.
 Memory: a fresh process loads the bf16 folder with `load_checkpoint(folder, dtype="bfloat16")`;
 its peak resident set minus its own peak after importing torch and hangpt, against the bytes of
 the weights; once right after loading, once after one generated token (every weight read). The
@@ -113,9 +115,13 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     rng = torch.Generator().manual_seed(0)
     prompt = [torch.randint(1, 8192, (16,), generator=rng).tolist()]
-    dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16() else [])
+    from hangpt.engine import fast
+
+    lib = fast.library()
+    kernel = "none (PyTorch forward)" if lib is None else (
+        "AVX512-BF16 dot products" if lib.hangpt_native_bf16() else "portable (bf16 widened to float32)")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads")
-    print(f"CPU: {cpu_features()}; native bf16: {'yes' if native_bf16() else 'no (bf16 rows skipped)'}")
+    print(f"CPU: {cpu_features()}; native bf16: {'yes' if native_bf16() else 'no'}; C step's bf16 path: {kernel}")
     print(f"{'case':<22} {'hangpt tok/s':>12} {'transformers tok/s':>16} {'ratio':>9}")
     ratios, mem = {}, None
     cases = [("tiny", "llama", TINY, 16 if args.quick else 64, args.repeats)]
@@ -125,12 +131,16 @@ def main() -> None:
         for name, model_type, shape, new, repeats in cases:
             folder = Path(tmp) / name
             build(folder, model_type, shape)
-            for dtype in dtypes:
+            speed = {}
+            for dtype in (torch.float32, torch.bfloat16):
                 label = f"{name} {str(dtype).removeprefix('torch.')}"
                 hf, engine = load_pair(folder, dtype)
                 key = label.replace(" ", "_").replace("float32", "fp32").replace("bfloat16", "bf16").replace(".", "")
-                ratios[key], _ = run_case(label, hf, engine, prompt, new, repeats)
+                ratios[key], (speed[dtype], _) = run_case(label, hf, engine, prompt, new, repeats)
                 del hf, engine
+            key = f"{name.replace('.', '')}_bf16_vs_fp32"
+            ratios[key] = speed[torch.bfloat16] / speed[torch.float32]
+            print(f"{name} hangpt bf16 / hangpt float32: {ratios[key]:.2f}x")
             if name == "qwen0.5b":
                 bf16_folder = Path(tmp) / "qwen0.5b-bf16"
                 build(bf16_folder, model_type, shape, torch.bfloat16)
@@ -141,7 +151,7 @@ def main() -> None:
                       f"{mem['generated_kb'] / 1024:.0f} MiB after one generated token "
                       f"({mem['generated_kb'] * 1024 / size:.2f}x)")
                 mem = (mem["loaded_kb"] * 1024 / size, mem["generated_kb"] * 1024 / size)
-    line = " ".join(f"{k}_ratio={v:.2f}" for k, v in ratios.items())
+    line = " ".join(f"{k}{'' if k.endswith('vs_fp32') else '_ratio'}={v:.2f}" for k, v in ratios.items())
     if mem is not None:
         line += f" bf16_load_rss_ratio={mem[0]:.2f} bf16_first_token_rss_ratio={mem[1]:.2f}"
     print("RESULT generate_llama " + line)
