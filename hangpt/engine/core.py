@@ -1,16 +1,14 @@
 """The generation engine: batched KV-cache decoding with per-row settings, and streaming.
 
-Prompts of different lengths are left-padded into one batch and run through the model in one
-forward; then each step feeds one token per row into a preallocated KV cache and computes the
-LM head for that position only. A finished (or cancelled) row leaves the batch at once, so the
-remaining rows decode faster. The batch state is batch.py's; beam search (beam.py) shares it
-and the batch preparation.
+Each step feeds one token per row into a preallocated KV cache and computes the LM head for that
+position only. Sampling and greedy decoding run as a session (session.py) in which rows of
+different lengths decode together and leave the moment they finish; beam search (beam.py) runs
+left-padded prompts as one batch (batch.py), prepared here.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Callable, Iterator
 
 import torch
@@ -22,21 +20,9 @@ from .batch import Batch, evaluating
 from .beam import beam_search
 from .config import Completion, GenerationConfig, StreamEvent
 from .fast import PREFILL_TOKENS, FastDecoder, library, weight_key
-from .processors import Processor, Utf8Mask
-from .text import TextStream, complete_prefix, ids_before, token_bytes
-
-
-@dataclass
-class _Row:
-    index: int
-    config: GenerationConfig
-    eos: set[int]
-    max_new: int
-    generator: torch.Generator | None
-    text: TextStream
-    ids: list[int] = field(default_factory=list)
-    logprobs: list[dict] | None = None
-    finish: str | None = None
+from .processors import Utf8Mask
+from .session import Session
+from .text import ids_before, token_bytes
 
 
 class Engine:
@@ -103,13 +89,22 @@ class Engine:
         if config.num_beams > 1:
             return beam_search(self, ids, config)
         out: list[list[Completion]] = [[] for _ in ids]
-        owner = [i for i in range(len(ids)) for _ in range(config.num_return_sequences)]
-        rows = self._rows([(p, config) for p in ids], shared_generator=True)
-        for row in self._decode(rows, [p for p in ids for _ in range(config.num_return_sequences)], False, None):
-            text = row.text.final_text(row.ids)
-            token_ids = row.ids if row.text.stop_at is None else ids_before(self.tokenizer, row.ids, row.text.stop_at)
-            logprobs = row.logprobs[: len(token_ids)] if row.logprobs is not None else None
-            out[owner[row.index]].append((row.index, Completion(text, token_ids, row.finish, logprobs)))
+        shared = None  # one generator for every row, as transformers' generate seeds once
+        if config.seed is not None:
+            shared = torch.Generator(device=self.device).manual_seed(config.seed)
+        with evaluating(self.model):
+            session = self._session([(p, config) for p in ids], stream=False)
+            owner = {}
+            for i, p in enumerate(ids):
+                owner.update(dict.fromkeys(session.add(p, config, shared), i))
+            while session:
+                for row in session.step():
+                    text = row.text.final_text(row.ids)
+                    token_ids = row.ids
+                    if row.text.stop_at is not None:
+                        token_ids = ids_before(self.tokenizer, row.ids, row.text.stop_at)
+                    logprobs = row.logprobs[: len(token_ids)] if row.logprobs is not None else None
+                    out[owner[row.index]].append((row.index, Completion(text, token_ids, row.finish, logprobs)))
         return [[c for _, c in sorted(group, key=lambda x: x[0])] for group in out]
 
     def stream(self, prompt: str | list[int], config: GenerationConfig) -> Iterator[StreamEvent]:
@@ -130,7 +125,7 @@ class Engine:
         for _, config in requests:
             self.check(config)
         prompts = [self.encode(p) for p, _ in requests]
-        plain, plain_prompts, plain_numbers = [], [], []
+        plain, numbers = [], []
         first = 0  # index of the request's first row
         for ids, (_, config) in zip(prompts, requests):
             n = config.num_return_sequences
@@ -140,16 +135,27 @@ class Engine:
                         yield StreamEvent(first + k, c.text, c.token_ids, c.finish_reason)
             else:
                 plain.append((ids, config))
-                plain_prompts.extend([ids] * n)
-                plain_numbers.extend(range(first, first + n))
+                numbers.append(first)
             first += n
         if not plain:
             return
-        rows = self._rows(plain, shared_generator=False)
-        for r, number in zip(rows, plain_numbers):
-            r.index = number
-        for r, text, ids, logprobs in self._decode(rows, plain_prompts, True, is_cancelled):
-            yield StreamEvent(r.index, text, ids, r.finish, logprobs)
+        with evaluating(self.model):
+            session = self._session(plain, stream=True)
+            number = {}  # session row -> row index in this call
+            for (ids, config), first in zip(plain, numbers):
+                number.update({index: first + k for k, index in enumerate(session.add(ids, config))})
+            while session:
+                if is_cancelled is not None:
+                    for row in [r for r in session.rows if is_cancelled(number[r.index])]:
+                        session.cancel(row.index)
+                    if not session:
+                        return
+                for event in session.step():
+                    yield replace(event, index=number[event.index])
+
+    def session(self, stream: bool = True) -> Session:
+        """An empty continuous batch (the server's): add() requests to it at any step."""
+        return Session(self, stream)
 
     # -- checks ---------------------------------------------------------------------------------
     def check(self, config: GenerationConfig) -> None:
@@ -173,27 +179,13 @@ class Engine:
         return ids
 
     # -- internals ------------------------------------------------------------------------------
-    def _rows(self, requests: list[tuple[list[int], GenerationConfig]], shared_generator: bool) -> list[_Row]:
-        rows = []
-        shared = None
-        P = max(len(p) for p, _ in requests)
-        for ids, config in requests:
-            generator = None
-            if config.seed is not None:
-                if shared is None or not shared_generator:
-                    shared = torch.Generator(device=self.device).manual_seed(config.seed)
-                generator = shared
-            for _ in range(config.num_return_sequences):
-                rows.append(_Row(
-                    index=len(rows),
-                    config=config,
-                    eos=set(config.eos_ids(self.model.config.eos_token_id)),
-                    max_new=min(config.max_new_tokens, self.model.config.context_length - P + 1),
-                    generator=generator,
-                    text=TextStream(self.tokenizer, config.stop),
-                    logprobs=[] if config.logprobs is not None else None,
-                ))
-        return rows
+    def _session(self, requests: list[tuple[list[int], GenerationConfig]], stream: bool) -> Session:
+        """A session with room for these requests from the start."""
+        session = Session(self, stream)
+        n_ctx = self.model.config.context_length
+        session.reserve(sum(c.num_return_sequences for _, c in requests),
+                        max(len(p) + min(c.max_new_tokens, n_ctx - len(p) + 1) - 1 for p, c in requests))
+        return session
 
     def prefill(self, prompts: list[list[int]], total: int) -> tuple[Batch, torch.Tensor]:
         """Run the left-padded prompts in one forward into a cache sized for `total` positions;
@@ -242,119 +234,3 @@ class Engine:
         if batch.positions is not None:
             batch.positions += 1
         return logits
-
-    def _decode(self, rows: list[_Row], prompts: list[list[int]], stream: bool,
-                is_cancelled: Callable[[int], bool] | None):
-        """Greedy/sampling decoding of all rows together. Yields each row once, finished, or with
-        stream=True `(row, text, token_ids, logprobs)` whenever a row has new text or finishes."""
-        with evaluating(self.model):
-            steps = max(r.max_new for r in rows)
-            batch, logits = self.prefill(prompts, max(len(p) for p in prompts) + steps)
-            utf8 = self.utf8_mask() if any(r.config.valid_utf8 for r in rows) else None
-            proc = Processor([r.config for r in rows], self.vocab_size, self.device, utf8)
-            batch.record = proc.penalizes
-            want_text = stream or any(r.config.stop for r in rows)
-            want_logprobs = any(r.logprobs is not None for r in rows)
-            pending = {id(r): 0 for r in rows}  # tokens not yet sent in an event (streaming)
-            active = rows
-            for _ in range(steps):
-                tokens, logprob_info = self._choose(logits, batch, proc, active, want_logprobs)
-                proc.advance(tokens)
-                keep = []
-                for i, (row, token) in enumerate(zip(active, tokens.tolist())):
-                    if is_cancelled is not None and is_cancelled(row.index):
-                        continue
-                    if token in row.eos:
-                        row.finish = "stop"
-                    else:
-                        row.ids.append(token)
-                        if row.logprobs is not None:
-                            row.logprobs.append(self._logprob_entry(token, logprob_info, i, row.config.logprobs))
-                        if len(row.ids) >= row.max_new:
-                            row.finish = "length"
-                            if row.config.valid_utf8:  # cut mid-character: keep whole characters only
-                                row.ids = complete_prefix(self.tokenizer, row.ids)
-                        if want_text and row.text.add(row.ids):
-                            row.finish = "stop"
-                    if stream:
-                        event = self._event(row, pending)
-                        if event is not None:
-                            yield event
-                    elif row.finish:
-                        yield row
-                    if not row.finish:
-                        keep.append(i)
-                if not keep:
-                    return
-                if len(keep) < len(active):
-                    index = torch.tensor(keep, device=self.device)
-                    active = [active[i] for i in keep]
-                    batch.select(index)  # no inference mode: the batch keeps ordinary tensors
-                    proc.select(index)
-                    tokens = tokens.index_select(0, index)
-                self.threads.before()
-                t0 = time.perf_counter()
-                logits = self.step(batch, tokens)
-                self.threads.after(time.perf_counter() - t0)
-
-    def _event(self, row: _Row, pending: dict):
-        """Streaming: (row, text, token_ids, logprobs) when there is text to show or the row ended."""
-        if row.finish:
-            text = row.text.release(row.ids)
-            if row.text.stop_at is not None:
-                kept = len(ids_before(self.tokenizer, row.ids, row.text.stop_at))
-                new_ids = row.ids[pending[id(row)] : max(kept, pending[id(row)])]
-            else:
-                new_ids = row.ids[pending[id(row)] :]
-        else:
-            text = row.text.release()
-            if not text:
-                return None
-            new_ids = row.ids[pending[id(row)] :]
-        start = pending[id(row)]
-        pending[id(row)] = start + len(new_ids)
-        logprobs = row.logprobs[start : start + len(new_ids)] if row.logprobs is not None else None
-        return row, text, new_ids, logprobs
-
-    def _choose(self, logits, batch: Batch, proc: Processor, rows: list[_Row], want_logprobs: bool):
-        """Next token of every row: penalties, then argmax or a sample from the warped distribution.
-        (No autograd guard needed: nothing here requires grad.)"""
-        scores = logits
-        if proc.penalizes:
-            scores = proc.penalize(logits, batch.seqs[:, : batch.length], batch.prompt_length)
-        if scores is logits and batch.greedy is not None and batch.greedy[0] is logits:
-            tokens = batch.greedy[1]  # computed with the logits, in the C step
-        else:
-            tokens = scores.argmax(dim=-1)
-        if proc.any_sample:
-            values, ids = proc.candidates(scores)
-            probs = values.softmax(dim=-1)
-            noise = torch.empty_like(probs)
-            generators = {id(r.generator): r.generator for r in rows}
-            if len(generators) == 1:
-                noise.exponential_(generator=rows[0].generator)
-            else:
-                for i, r in enumerate(rows):
-                    noise[i].exponential_(generator=r.generator)
-            sampled = (probs / noise).argmax(dim=-1, keepdim=True)  # exponential race = a draw from probs
-            sampled = (ids.gather(1, sampled) if ids is not None else sampled).squeeze(1)
-            tokens = torch.where(proc.sample_rows.squeeze(1), sampled, tokens)
-        info = None
-        if want_logprobs:
-            logprobs = logits.log_softmax(dim=-1)
-            k = max(r.config.logprobs or 0 for r in rows)
-            top = logprobs.topk(k, dim=-1) if k else None
-            info = (logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist(),
-                    top.values.tolist() if top is not None else None,
-                    top.indices.tolist() if top is not None else None)
-        return tokens, info
-
-    def _logprob_entry(self, token: int, info, i: int, k: int) -> dict:
-        """The model's log-probability of the chosen token (before penalties and sampling filters),
-        with the k most likely alternatives, in the OpenAI shape."""
-        chosen, top_values, top_ids = info
-        piece = self.tokenizer.decode
-        top = []
-        if k:
-            top = [{"token": piece([t]), "id": t, "logprob": v} for t, v in zip(top_ids[i][:k], top_values[i][:k])]
-        return {"token": piece([token]), "id": token, "logprob": chosen[i], "top": top}

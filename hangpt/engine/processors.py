@@ -77,14 +77,34 @@ class Processor:
                 setattr(self, name, t.index_select(0, index))
         self._update_flags()
 
+    def extend(self, other: "Processor") -> None:
+        """Append other's rows after these (rows joining a running batch keep nothing of the others,
+        and the rows already here keep their UTF-8 state)."""
+        self.configs += other.configs
+        self.ngram += other.ngram
+        self.utf8 = self.utf8 or other.utf8
+        if (self.bias is None) != (other.bias is None):
+            for p in (self, other):
+                if p.bias is None:
+                    p.bias = torch.zeros(len(p.configs), self.V, device=self.utf8_state.device)
+        for name in ("sample_rows", "temperature", "top_k", "top_p", "min_p", "rep", "freq", "pres", "bias",
+                     "utf8_rows", "utf8_state"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, torch.cat([t, getattr(other, name)]))
+        self._update_flags()
+
     def expand(self, n: int) -> "Processor":
         """Each row repeated n times in place (the beams of one prompt)."""
         self.select(torch.arange(len(self.configs)).repeat_interleave(n))
         return self
 
     # -- penalties: every strategy ----------------------------------------------------------------
-    def penalize(self, scores: torch.Tensor, seqs: torch.Tensor, gen_start: int) -> torch.Tensor:
-        """scores (B, V); seqs (B, cur) with the prompt (padded to gen_start) then generated tokens."""
+    def penalize(self, scores: torch.Tensor, seqs: torch.Tensor, gen_start: int | torch.Tensor,
+                 ends: torch.Tensor | None = None) -> torch.Tensor:
+        """scores (B, V); seqs (B, cur) with the prompt then the generated tokens, which start at
+        column gen_start (an int for all rows, or (B, 1) per row). Rows end at column cur (left
+        padding), or each at its own column ends (B, 1), padded with V after it."""
         if self.bias is not None:
             scores = scores + self.bias
         if self.use_rep:
@@ -93,14 +113,14 @@ class Processor:
             seen = seen[:, : self.V] & (self.rep != 1)
             penalized = torch.where(scores < 0, scores * self.rep, scores / self.rep)
             scores = torch.where(seen, penalized, scores)
-        if self.use_freq and seqs.shape[1] > gen_start:
-            gen = seqs[:, gen_start:]
+        if self.use_freq:
+            gen = seqs.masked_fill(torch.arange(seqs.shape[1], device=seqs.device) < gen_start, self.V)
             counts = torch.zeros(scores.shape[0], self.V + 1, device=scores.device)
             counts.scatter_add_(1, gen, torch.ones_like(gen, dtype=counts.dtype))
             counts = counts[:, : self.V]
             scores = scores - self.freq * counts - self.pres * (counts > 0).to(scores.dtype)
         if any(self.ngram):
-            scores = self._ban_ngrams(scores, seqs)
+            scores = self._ban_ngrams(scores, seqs, ends)
         if self.use_utf8:
             scores = scores.masked_fill(self.utf8.banned[self.utf8_state] & self.utf8_rows, NEG_INF)
         return scores
@@ -110,7 +130,7 @@ class Processor:
         if self.use_utf8:
             self.utf8_state = self.utf8.next_state[self.utf8_state, tokens]
 
-    def _ban_ngrams(self, scores: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+    def _ban_ngrams(self, scores: torch.Tensor, seqs: torch.Tensor, ends: torch.Tensor | None) -> torch.Tensor:
         """transformers' NoRepeatNGramLogitsProcessor: a token that would complete an n-gram already
         in the row (prompt included) is banned."""
         cur = seqs.shape[1]
@@ -121,7 +141,11 @@ class Processor:
             rows = torch.tensor([i for i, m in enumerate(self.ngram) if m == n], device=scores.device)
             ids = seqs.index_select(0, rows)
             windows = ids.unfold(1, n, 1)
-            prefix = ids[:, cur + 1 - n :]
+            if ends is None:
+                prefix = ids[:, cur + 1 - n :]
+            else:  # the last n - 1 tokens of each row (a row shorter than that matches no window)
+                last = ends.index_select(0, rows) - n + 1 + torch.arange(n - 1, device=scores.device)
+                prefix = ids.gather(1, last.clamp(min=0))
             matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)
             # pad slots hold V already; non-matching windows point at the spare column V too
             hit = torch.zeros(len(rows), self.V + 1, dtype=torch.bool, device=scores.device)
@@ -161,6 +185,29 @@ class Processor:
             remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
             scores = scores.masked_fill(remove, NEG_INF)
         return scores, ids
+
+    def sample(self, scores: torch.Tensor, generators: list[torch.Generator | None], order: list) -> torch.Tensor:
+        """A draw for every row from its warped distribution: the exponential race, argmax of
+        p / noise. Each generator draws the noise of its sampling rows in one call (rows sorted by
+        `order`), as wide and laid out as each row would have it alone (its top-k candidates, or the
+        whole vocabulary sorted or in order), so a row draws the same tokens whatever shares its batch."""
+        values, ids = self.candidates(scores)
+        probs = values.softmax(dim=-1)
+        noise = torch.ones_like(probs)
+        groups: dict[int, list[int]] = {}
+        for i in sorted(range(len(generators)), key=lambda i: order[i]):
+            if self.configs[i].samples:
+                groups.setdefault(id(generators[i]), []).append(i)
+        for members in groups.values():
+            first = members[0]
+            width = int(self.top_k[first])  # V when the row has no top-k
+            draw = torch.empty(len(members), width, device=probs.device).exponential_(generator=generators[first])
+            rows = torch.tensor(members, device=probs.device)
+            if ids is not None and width == self.V and float(self.top_p[first]) == 1:  # alone: vocabulary order
+                draw = draw.gather(1, ids.index_select(0, rows))
+            noise[rows, probs.shape[1] - width :] = draw
+        sampled = (probs / noise).argmax(dim=-1, keepdim=True)
+        return (ids.gather(1, sampled) if ids is not None else sampled).squeeze(1)
 
     def warp(self, scores: torch.Tensor) -> torch.Tensor:
         """The warped scores over the whole vocabulary (-inf where removed)."""

@@ -9,6 +9,7 @@ the `CausalLM` interface defined here.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from functools import partial
@@ -38,6 +39,16 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.slots: torch.Tensor | None = None  # see with_slots
+
+    def with_slots(self, rows: int, slots: torch.Tensor) -> "KVCache":
+        """A view of rows 0..rows-1 (same memory) whose rows each have their own length, for
+        continuous batching: the next forward feeds one token per row, row b's written at position
+        slots[b] and attending to positions 0..slots[b] only."""
+        view = copy.copy(self)
+        view.k, view.v, view.slots, view.length = self.k[:, :rows], self.v[:, :rows], slots, int(slots.max())
+        view.slot_mask = (torch.arange(view.length + 1, device=slots.device) <= slots[:, None])[:, None, None]
+        return view
 
     @property
     def max_length(self) -> int:
@@ -110,7 +121,13 @@ def attend(q, k, v, layer_idx: int, cache: KVCache | None, mask, want_weights: b
     transformers' `repeat_kv` does). Returns (B, T, H * D) and the attention weights if asked.
     """
     B, H, T, D = q.shape
-    if cache is not None:
+    if cache is not None and cache.slots is not None:  # one token per row, each at its own position
+        rows = torch.arange(B, device=q.device)
+        cache.k[layer_idx, rows, :, cache.slots] = k[:, :, 0]
+        cache.v[layer_idx, rows, :, cache.slots] = v[:, :, 0]
+        k, v = cache.k[layer_idx, :, :, : cache.length + 1], cache.v[layer_idx, :, :, : cache.length + 1]
+        mask = cache.slot_mask
+    elif cache is not None:
         start = cache.length
         cache.k[layer_idx, :, :, start : start + T] = k
         cache.v[layer_idx, :, :, start : start + T] = v
