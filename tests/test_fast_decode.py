@@ -67,25 +67,35 @@ def test_step_equals_pytorch_forward_with_padding_and_reorder(family):
     positions = (padding[:, :P].long().cumsum(-1) - 1).clamp(min=0)
     prompt = torch.randint(0, 333, (B, P))
     ours, ref = KVCache(model.config, B, total), KVCache(model.config, B, total)
+    steps = steps_against_pytorch(model, decoder, prompt, padding, positions, ours, ref, 4)
+    for logits, argmax, expected, length in steps:
+        torch.testing.assert_close(logits, expected, atol=2e-5, rtol=1e-5)
+        assert torch.equal(argmax, logits.argmax(-1))
+        torch.testing.assert_close(ours.k[:, :, :, :length], ref.k[:, :, :, :length], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.v[:, :, :, :length], ref.v[:, :, :, :length], atol=2e-5, rtol=1e-5)
+        assert ours.length == ref.length == length
+
+
+def steps_against_pytorch(model, decoder, prompt, padding, positions, ours, ref, steps: int):
+    """The prompt (3 rows) into both caches by the PyTorch forward, then `steps` random tokens
+    through the C step (cache `ours`) and the PyTorch forward (`ref`), the rows reordered as beam
+    search does after the second; yields (logits, argmax, expected logits, length) of each step."""
+    P = prompt.shape[1]
     with torch.inference_mode():
         model(prompt, position_ids=positions, padding_mask=padding[:, :P], cache=ours)
         model(prompt, position_ids=positions, padding_mask=padding[:, :P], cache=ref)
         nxt = positions[:, -1:] + 1
-        for step in range(4):
+        for step in range(steps):
             if step == 2:  # beam search reorders rows between steps
                 index = torch.tensor([2, 0, 0])
                 ours.reorder(index, decoder.reorder_rows)  # the C copy of the filled positions, in place
                 ref.reorder(index)
                 padding, nxt = padding[index], nxt[index]
-            tokens = torch.randint(0, 333, (B,))
+            tokens = torch.randint(0, 333, (3,))
             length = P + step + 1
             logits, argmax = decoder.step(tokens, ours, nxt, padding[:, :length])
             expected = model(tokens[:, None], position_ids=nxt, padding_mask=padding[:, :length], cache=ref).logits[:, -1]
-            torch.testing.assert_close(logits, expected, atol=2e-5, rtol=1e-5)
-            assert torch.equal(argmax, logits.argmax(-1))
-            torch.testing.assert_close(ours.k[:, :, :, :length], ref.k[:, :, :, :length], atol=2e-5, rtol=1e-5)
-            torch.testing.assert_close(ours.v[:, :, :, :length], ref.v[:, :, :, :length], atol=2e-5, rtol=1e-5)
-            assert ours.length == ref.length == length
+            yield logits, argmax, expected, length
             nxt = nxt + 1
 
 

@@ -18,7 +18,7 @@ import torch
 from hangpt.checkpoint import load_checkpoint
 from hangpt.engine import Engine, GenerationConfig, fast
 from hangpt.models import KVCache
-from test_fast_decode import SHAPES, llama_checkpoint, pytestmark, random_model  # noqa: F401
+from test_fast_decode import SHAPES, llama_checkpoint, pytestmark, random_model, steps_against_pytorch  # noqa: F401
 
 KERNELS = ["native", "portable"]
 
@@ -48,6 +48,17 @@ def assert_cache_close(ours: KVCache, ref: KVCache, length: int) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0.02 * b.abs().max().item())
 
 
+def padded_batch(model, P: int, total: int, pads: tuple[int, int, int], seed: int):
+    """Three left-padded prompts of P tokens (pads[r] pad tokens in row r), their padding mask over
+    `total` positions, their position ids, and two empty bf16 caches (the C step's, the reference's)."""
+    padding = torch.ones(3, total, dtype=torch.bool)
+    for r, pad in enumerate(pads):
+        padding[r, :pad] = False
+    positions = (padding[:, :P].long().cumsum(-1) - 1).clamp(min=0)
+    prompt = torch.randint(0, 333, (3, P), generator=torch.Generator().manual_seed(seed))
+    return prompt, padding, positions, [KVCache(model.config, 3, total, dtype=torch.bfloat16) for _ in range(2)]
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("family", SHAPES)
 def test_bf16_step_equals_pytorch_forward_with_padding_and_reorder(family, kernel):
@@ -58,31 +69,13 @@ def test_bf16_step_equals_pytorch_forward_with_padding_and_reorder(family, kerne
     matrices = {p.data_ptr() for p in model.parameters() if p.dim() == 2}
     bound = [t for t in decoder._weights if t is not None and t.dim() == 2]
     assert bound and all(t.dtype == torch.bfloat16 and t.data_ptr() in matrices for t in bound)
-    B, P, total = 3, 7, 20
-    padding = torch.ones(B, total, dtype=torch.bool)
-    padding[0, :4], padding[1, :1] = False, False
-    positions = (padding[:, :P].long().cumsum(-1) - 1).clamp(min=0)
-    prompt = torch.randint(0, 333, (B, P), generator=torch.Generator().manual_seed(1))
-    ours, ref = (KVCache(model.config, B, total, dtype=torch.bfloat16) for _ in range(2))
-    with torch.inference_mode():
-        model(prompt, position_ids=positions, padding_mask=padding[:, :P], cache=ours)
-        model(prompt, position_ids=positions, padding_mask=padding[:, :P], cache=ref)
-        nxt = positions[:, -1:] + 1
-        for step in range(10):
-            if step == 3:  # beam search reorders rows between steps (bf16 rows copied by C)
-                index = torch.tensor([2, 0, 0])
-                ours.reorder(index, decoder.reorder_rows)
-                ref.reorder(index)
-                padding, nxt = padding[index], nxt[index]
-            tokens = torch.randint(0, 333, (B,))
-            length = P + step + 1
-            logits, argmax = decoder.step(tokens, ours, nxt, padding[:, :length])
-            expected = model(tokens[:, None], position_ids=nxt, padding_mask=padding[:, :length], cache=ref).logits[:, -1]
-            assert_logits_close(logits, expected)
-            assert torch.equal(argmax, logits.argmax(-1))
-            assert_cache_close(ours, ref, length)
-            assert ours.k.dtype == torch.bfloat16 and ours.length == ref.length == length
-            nxt = nxt + 1
+    prompt, padding, positions, (ours, ref) = padded_batch(model, 7, 20, (4, 1, 0), seed=1)
+    steps = steps_against_pytorch(model, decoder, prompt, padding, positions, ours, ref, 10)
+    for logits, argmax, expected, length in steps:
+        assert_logits_close(logits, expected)
+        assert torch.equal(argmax, logits.argmax(-1))
+        assert_cache_close(ours, ref, length)
+        assert ours.k.dtype == torch.bfloat16 and ours.length == ref.length == length
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -90,12 +83,8 @@ def test_bf16_step_equals_pytorch_forward_with_padding_and_reorder(family, kerne
 def test_bf16_prefill_equals_pytorch_forward(family, kernel):
     model = random_model(family).to(torch.bfloat16)
     decoder = bf16_decoder(model, kernel)
-    B, P, total = 3, 6, 10
-    padding = torch.ones(B, total, dtype=torch.bool)
-    padding[0, :3], padding[2, :1] = False, False
-    positions = (padding[:, :P].long().cumsum(-1) - 1).clamp(min=0)
-    prompt = torch.randint(0, 333, (B, P), generator=torch.Generator().manual_seed(2))
-    ours, ref = (KVCache(model.config, B, total, dtype=torch.bfloat16) for _ in range(2))
+    P = 6
+    prompt, padding, positions, (ours, ref) = padded_batch(model, P, 10, (3, 0, 1), seed=2)
     with torch.inference_mode():
         logits, argmax = decoder.prefill(prompt, positions, padding, ours)
         expected = model(prompt, position_ids=positions, padding_mask=padding[:, :P], cache=ref).logits[:, -1]

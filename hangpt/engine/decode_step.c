@@ -216,7 +216,8 @@ INLINE void linear_band_of(const float *restrict x, const void *restrict W, int 
         const int rows = o1 - o < 4 ? o1 - o : 4;
         size_t w[4];  /* where each row starts in W */
         for (int r = 0; r < 4; r++) w[r] = (size_t)(o + (r < rows ? r : 0)) * in;
-        const char *next = (const char *)W + (w[0] + AHEAD * (size_t)in) * size;  /* rows further on: W is read in order */
+        /* rows further on: W is read in order */
+        const char *next = (const char *)W + (w[0] + AHEAD * (size_t)in) * size;
         for (int b = 0; b < B; b++) {
             const float *xb = x + (size_t)b * in;
             float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
@@ -523,7 +524,8 @@ void hangpt_gpt2_forward(const Shape *s, const float *const *weights, const Quer
             matmul(s, f, w[FC2_W], w[FC2_B], x, N, F, C, 1, partial_b);
 #pragma omp barrier
         }
-        layer_norm_band(x, io->out_rows, top[GPT2_LNF_W], top[GPT2_LNF_B], h, M, C, s->eps, wide);  /* only the queries asked for */
+        /* only the queries asked for */
+        layer_norm_band(x, io->out_rows, top[GPT2_LNF_W], top[GPT2_LNF_B], h, M, C, s->eps, wide);
         if (wide) {  /* the head as nn.Linear keeps it: a transposed copy would double its memory */
 #pragma omp barrier
             linear(s, h, top[GPT2_HEAD], 0, io->logits, M, C, s->vocab, 0);

@@ -107,7 +107,8 @@ class Shape(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_int) for name in (
         "layers", "heads", "kv_heads", "head_dim", "hidden", "mlp", "vocab",
-        "queries", "outputs", "batch", "max_len", "past", "threads")] + [("eps", ctypes.c_float), ("bf16", ctypes.c_int)]
+        "queries", "outputs", "batch", "max_len", "past", "threads")] + [
+        ("eps", ctypes.c_float), ("bf16", ctypes.c_int)]
 
 
 class Queries(ctypes.Structure):
@@ -318,8 +319,9 @@ class GPT2Decoder(FastDecoder):
     def tensors(self, head):
         """The LM head transposed in float32; in bf16 nn.Linear's (a copy would double its memory)."""
         tr = self.model.transformer
+        lm_head = self.model.lm_head.weight if self.bf16 else head()
         return [p for block in tr.h for p in self.layer_params(block)] + [
-            tr.ln_f.weight, tr.ln_f.bias, tr.wte.weight, tr.wpe.weight, self.model.lm_head.weight if self.bf16 else head()]
+            tr.ln_f.weight, tr.ln_f.bias, tr.wte.weight, tr.wpe.weight, lm_head]
 
 
 class LlamaDecoder(FastDecoder):
