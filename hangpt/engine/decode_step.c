@@ -613,13 +613,20 @@ void hangpt_llama_forward(const Shape *s, const float *const *weights, const Que
             linear(s, h, w[UP_W], w[UP_B], u, N, C, F, 0);
             {
                 /* SwiGLU on the band of gate and up this thread has just computed (the same band
-                 * for both); the down projection reads every column, hence the barrier after */
+                 * for both); the down projection reads every column, hence the barrier after. In
+                 * bf16 SiLU is torch's formula with libm's exp (scalar, a few us a token): rounded,
+                 * it equals torch's bf16 SiLU for every bf16 input, where the vectorised tanh,
+                 * 4e-7 off in absolute terms, rounds a few tiny outputs (x < -7) differently */
                 int o0, o1;
                 share(F, 4, &o0, &o1);
                 for (int n = 0; n < N; n++) {
                     float *gn = g + (size_t)n * F, *un = u + (size_t)n * F;
+                    if (wide)
+                        for (int o = o0; o < o1; o++)
+                            gn[o] = round_bf16(round_bf16(gn[o] / (1.0f + expf(-gn[o]))) * un[o]);
+                    else
 #pragma omp simd
-                    for (int o = o0; o < o1; o++) gn[o] = ROUND(wide, ROUND(wide, silu(gn[o])) * un[o]);
+                        for (int o = o0; o < o1; o++) gn[o] = silu(gn[o]) * un[o];
                 }
             }
 #pragma omp barrier
