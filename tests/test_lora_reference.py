@@ -106,3 +106,24 @@ def test_dpo_lora_resume_uses_the_base_as_reference(tmp_path, tiny_checkpoint, m
     a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (straight, stopped))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(b[k].abs().sum() > 0 for k in b if ".lora_B." in k)
+
+
+def test_grpo_lora_reference_is_the_policy_with_adapters_off(tmp_path, tiny_checkpoint, monkeypatch):
+    from hangpt.train.grpo import GRPOConfig, GRPOTrainer, train_grpo
+
+    seen = {}
+    fit = GRPOTrainer.fit
+
+    def spy_fit(self):
+        seen["trainer"] = self
+        return fit(self)
+
+    monkeypatch.setattr(GRPOTrainer, "fit", spy_fit)
+    targets = _target_tokens(load_checkpoint(tiny_checkpoint).tokenizer)
+    out = tmp_path / "grpo"
+    train_grpo(tiny_checkpoint, PROMPTS, _counting_scorer(targets), _cfg(out, batch_size=8, max_steps=3, lora=dict(LORA)),
+               GRPOConfig(num_generations=4, max_completion_length=6, beta=0.1), log=lambda *a: None)
+    assert seen["trainer"].reference is None
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["kl"] == 0.0 and log[-1]["kl"] > 0  # the adapters start at zero: the policy is the reference
+    assert all(".lora_" in k for k in load_file(str(out / "adapter_model.safetensors")))
