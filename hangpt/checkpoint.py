@@ -60,13 +60,11 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
         cache = Path(os.environ.get("HANGPT_HOME", Path.home() / ".cache" / "hangpt")) / "hub"
         # config.json first: an unsupported architecture must not cost a multi-GB download
         config_from_hf(_read_json(Path(hf_hub_download(name, "config.json", cache_dir=str(cache)))))
-        return Path(
-            snapshot_download(
-                name,
-                cache_dir=str(cache),
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "pytorch_model*.bin"],
-            )
-        )
+        folder = Path(snapshot_download(name, cache_dir=str(cache),
+                                        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"]))
+        if not any(folder.glob("*.safetensors")):  # an older upload: PyTorch files only (one, or shards)
+            folder = Path(snapshot_download(name, cache_dir=str(cache), allow_patterns=["pytorch_model*.bin"]))
+        return folder
     except InputError as e:
         raise InputError(f"{name}: {e}") from None
     except Exception as e:
@@ -280,10 +278,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder: model.safetensors, pytorch_model.bin, or the shards that
-    model.safetensors.index.json or pytorch_model.bin.index.json names."""
-    for index_name, read in (("model.safetensors.index.json", read_safetensors),
-                             ("pytorch_model.bin.index.json", _read_torch_file)):
+    """Every tensor of the folder, safetensors first (a hub folder may also hold the index of
+    .bin shards it never downloaded): model.safetensors or its shards, else pytorch_model.bin or
+    its shards; shards are the files their index.json names."""
+    for index_name, single, read in (("model.safetensors.index.json", "model.safetensors", read_safetensors),
+                                     ("pytorch_model.bin.index.json", "pytorch_model.bin", _read_torch_file)):
         index = path / index_name
         if index.exists():
             weight_map = _read_json(index).get("weight_map")
@@ -297,10 +296,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
                     raise InputError(f"{path / shard}: shard named by {index_name} is missing")
                 state.update(read(path / shard))
             return state
-    if (path / "model.safetensors").exists():
-        return read_safetensors(path / "model.safetensors")
-    if (path / "pytorch_model.bin").exists():
-        return _read_torch_file(path / "pytorch_model.bin")
+        if (path / single).exists():
+            return read(path / single)
     raise InputError(f"{path}: no model.safetensors or pytorch_model.bin (or shards with their index.json) "
                      f"in this folder")
 

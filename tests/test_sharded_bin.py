@@ -79,3 +79,17 @@ def test_missing_shard_or_bad_index_is_one_error_line(sharded, tmp_path, capsys)
     shard = sorted(corrupt.glob("pytorch_model-*.bin"))[0]
     shard.write_bytes(b"not a zip file")
     assert str(shard) in _error(corrupt, capsys)
+
+
+def test_safetensors_win_over_the_index_of_bins_not_downloaded(sharded, tmp_path):
+    """A hub download fetches safetensors when there are any, and every *.json: the .bin shards'
+    index may sit beside a single model.safetensors without its shards."""
+    hf, folder = sharded
+    both = _copy(folder, tmp_path / "both")
+    for f in both.glob("pytorch_model-*.bin"):
+        f.unlink()
+    hf.save_pretrained(both)  # model.safetensors, one file
+    ckpt = load_checkpoint(both)
+    ids = torch.randint(3, ckpt.model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.model(ids).logits, hf(ids).logits, atol=1e-4, rtol=1e-4)
