@@ -285,3 +285,19 @@ def test_classify_with_lora_trains_and_adapter_predicts_as_merged(tmp_path, tiny
     assert [p["label"] for p in adapter_pred] == [p["label"] for p in merged_pred]
     for a, b in zip(adapter_pred, merged_pred):
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
+def test_classify_with_lora_resumes_exactly(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    from test_classify import _sentiment_file
+
+    _sentiment_file(tmp_path / "train.tsv", 80, 0)
+    head = ["classify", "train", "--model", tiny_checkpoint, "--data", tmp_path / "train.tsv", "--lora-r", 4,
+            "--max-steps", 5, "--batch-size", 8, "--save-every", 100, "--no-progress"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    _run(head + ["--out", straight])
+    _run_interrupted(monkeypatch, head + ["--out", stopped])
+    assert "interrupted at step 3" in capsys.readouterr().err
+    _run(head + ["--out", stopped, "--resume"])
+    a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (straight, stopped))
+    assert a.keys() == b.keys() and "base_model.model.score.weight" in a
+    assert all(torch.equal(a[k], b[k]) for k in a)
