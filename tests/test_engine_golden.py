@@ -9,6 +9,7 @@ transformers = pytest.importorskip("transformers")
 from hangpt.checkpoint import load_checkpoint  # noqa: E402
 from hangpt.engine import Engine, GenerationConfig  # noqa: E402
 from hangpt.engine.processors import Processor  # noqa: E402
+from hf_models import save_random_model  # noqa: E402
 
 PROMPT = "오늘 날씨가 정말"
 
@@ -18,15 +19,8 @@ def pair(tmp_path_factory, tiny_tokenizer):
     """(transformers model, hangpt Engine) on the same weights. The weights are perturbed well
     beyond the default init, so next-token distributions are peaked and there are no near-ties."""
     folder = tmp_path_factory.mktemp("golden")
-    torch.manual_seed(1)
-    cfg = transformers.GPT2Config(vocab_size=tiny_tokenizer.vocab_size, n_positions=128, n_embd=64, n_layer=2,
-                                  n_head=4, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    hf.save_pretrained(folder)
-    tiny_tokenizer.save(folder)
+    save_random_model(folder, tiny_tokenizer, transformers.GPT2Config, transformers.GPT2LMHeadModel, seed=1,
+                      n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     ckpt = load_checkpoint(folder)
     return transformers.GPT2LMHeadModel.from_pretrained(folder).eval(), Engine(ckpt.model, ckpt.tokenizer)
 

@@ -17,6 +17,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_models import save_random_model  # noqa: E402
 from test_llama_golden import make_folder  # noqa: E402
 
 from hangpt.checkpoint import load_checkpoint  # noqa: E402
@@ -29,16 +30,8 @@ PAD = 0  # transformers' pad id; hangpt needs none
 
 
 def make_gpt2(folder, tokenizer):
-    torch.manual_seed(1)
-    config = transformers.GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=128, n_embd=64, n_layer=2,
-                                     n_head=4, bos_token_id=0, eos_token_id=0)
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # peaked distributions: no near-ties between tokens
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    hf.save_pretrained(folder)
-    tokenizer.save(folder)
-    return hf
+    return save_random_model(folder, tokenizer, transformers.GPT2Config, transformers.GPT2LMHeadModel, seed=1,
+                             n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))

@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from hangpt.checkpoint import load_checkpoint, read_safetensors, save_checkpoint  # noqa: E402
 from hangpt.engine import Engine, GenerationConfig  # noqa: E402
+from hf_models import save_random_model  # noqa: E402
 from test_llama_commands import assert_same_logits_and_special_tokens, run  # noqa: E402
 from test_llama_golden import hf_new_tokens, ours  # noqa: E402
 
@@ -36,15 +37,8 @@ VARIANTS = {
 def make_folder(folder, tokenizer, variant, perturb=0.3, seed=0):
     """A random transformers model of `variant` saved with `tokenizer`; returns the HF model."""
     config_cls, model_cls, extra = VARIANTS[variant]
-    torch.manual_seed(seed)
-    config = getattr(transformers, config_cls)(vocab_size=tokenizer.vocab_size, **extra)
-    hf = getattr(transformers, model_cls)(config).eval()
-    with torch.no_grad():  # peaked distributions: no near-ties between tokens
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * perturb)
-    hf.save_pretrained(folder)
-    tokenizer.save(folder)
-    return hf
+    return save_random_model(folder, tokenizer, getattr(transformers, config_cls), getattr(transformers, model_cls),
+                             perturb, seed, **extra)
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -194,15 +188,9 @@ def test_decoding_tutorial_on_a_gptj_folder(tmp_path, tiny_tokenizer):
     greedy text and 1.5 does not; no-repeat-ngram 2 leaves no repeated token pair."""
     from test_tutorials import DOCS, SMALL, run_tutorial
 
-    config = transformers.GPTJConfig(vocab_size=tiny_tokenizer.vocab_size, n_embd=64, n_layer=2, n_head=4,
-                                     rotary_dim=8, n_positions=256, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    hf = transformers.GPTJForCausalLM(config)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    hf.save_pretrained(tmp_path / "kogpt")
-    tiny_tokenizer.save(tmp_path / "kogpt")
+    save_random_model(tmp_path / "kogpt", tiny_tokenizer, transformers.GPTJConfig, transformers.GPTJForCausalLM,
+                      perturb=0.1, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256, bos_token_id=1,
+                      eos_token_id=2)
     out = run_tutorial(DOCS / "03-decoding.md", tmp_path, {**SMALL, "MODEL": str(tmp_path / "kogpt")})
     section = out[out.index("== 빔 서치\n"):]
     shown = dict(re.findall(r"^== ([^\n]+)\n(.*?)(?=^== |\Z)", section, re.S | re.M))

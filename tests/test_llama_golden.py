@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 
 from hangpt.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from hangpt.engine import Engine  # noqa: E402
+from hf_models import save_random_model  # noqa: E402
 from test_engine_golden import hf_new_tokens, ours  # noqa: E402
 
 SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -32,15 +33,8 @@ VARIANTS = {
 def make_folder(folder, tokenizer, variant, perturb=0.3, seed=0):
     """A random transformers model of `variant` saved with `tokenizer`; returns the HF model."""
     config_cls, model_cls, extra = VARIANTS[variant]
-    torch.manual_seed(seed)
-    config = getattr(transformers, config_cls)(vocab_size=tokenizer.vocab_size, **{**SHAPE, **extra})
-    hf = getattr(transformers, model_cls)(config).eval()
-    with torch.no_grad():  # peaked distributions: no near-ties between tokens
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * perturb)
-    hf.save_pretrained(folder)
-    tokenizer.save(folder)
-    return hf
+    return save_random_model(folder, tokenizer, getattr(transformers, config_cls), getattr(transformers, model_cls),
+                             perturb, seed, **{**SHAPE, **extra})
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))

@@ -18,39 +18,28 @@ import torch.nn.functional as F
 from .layers import CausalLM, KVCache, attend, dropout
 
 
-@dataclass
-class GPTConfig:
-    """Model shape, with the names `transformers.GPT2Config` uses so config.json is shared."""
+class GPT2Names:
+    """The names every family's config answers to (the engine and trainers use these), read from
+    the GPT-2 config fields that GPT-J's config shares."""
 
-    vocab_size: int = 8192
-    n_positions: int = 256
-    n_embd: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_inner: int | None = None  # MLP width; None means 4 * n_embd
-    layer_norm_epsilon: float = 1e-5
-    embd_pdrop: float = 0.0
-    attn_pdrop: float = 0.0
-    resid_pdrop: float = 0.0
-    bos_token_id: int = 0
-    eos_token_id: int = 0
-    pad_token_id: int | None = None
+    n_embd: int
+    n_positions: int
+    n_layer: int
+    n_head: int
+    n_inner: int | None
+    resid_pdrop: float
 
     @property
-    def mlp_width(self) -> int:
-        return self.n_inner or 4 * self.n_embd
+    def hidden_size(self) -> int:
+        return self.n_embd
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    # the names every family's config answers to (the engine and trainers use these)
-    model_type = "gpt2"
-    tie_word_embeddings = True
-
     @property
-    def hidden_size(self) -> int:
-        return self.n_embd
+    def mlp_width(self) -> int:
+        return self.n_inner or 4 * self.n_embd
 
     @property
     def context_length(self) -> int:
@@ -71,6 +60,28 @@ class GPTConfig:
     @property
     def dropout(self) -> float:
         return self.resid_pdrop
+
+
+@dataclass
+class GPTConfig(GPT2Names):
+    """Model shape, with the names `transformers.GPT2Config` uses so config.json is shared."""
+
+    vocab_size: int = 8192
+    n_positions: int = 256
+    n_embd: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_inner: int | None = None  # MLP width; None means 4 * n_embd
+    layer_norm_epsilon: float = 1e-5
+    embd_pdrop: float = 0.0
+    attn_pdrop: float = 0.0
+    resid_pdrop: float = 0.0
+    bos_token_id: int = 0
+    eos_token_id: int = 0
+    pad_token_id: int | None = None
+
+    model_type = "gpt2"
+    tie_word_embeddings = True
 
     def to_hf_dict(self) -> dict:
         """config.json contents that `transformers.AutoConfig` reads as a GPT2Config."""

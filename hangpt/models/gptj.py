@@ -15,12 +15,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from .gpt2 import GPT2Names
 from .layers import (ACTIVATIONS, CausalLM, KVCache, Rotary, apply_rotary, attend, config_from_dict, dropout,
                      normal_init)
 
 
 @dataclass
-class GPTJConfig:
+class GPTJConfig(GPT2Names):
     """Model shape under transformers' GPTJConfig names, so config.json is shared."""
 
     vocab_size: int = 50400
@@ -42,42 +43,9 @@ class GPTJConfig:
 
     model_type = "gptj"
 
-    # the names every family's config answers to (the engine and trainers use these)
-    @property
-    def hidden_size(self) -> int:
-        return self.n_embd
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
     @property
     def rotary_dims(self) -> int:
         return self.rotary_dim or self.head_dim
-
-    @property
-    def mlp_width(self) -> int:
-        return self.n_inner or 4 * self.n_embd
-
-    @property
-    def context_length(self) -> int:
-        return self.n_positions
-
-    @property
-    def num_layers(self) -> int:
-        return self.n_layer
-
-    @property
-    def num_heads(self) -> int:
-        return self.n_head
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.n_head
-
-    @property
-    def dropout(self) -> float:
-        return self.resid_pdrop
 
     def to_hf_dict(self) -> dict:
         """config.json contents that `transformers.AutoConfig` reads as a GPTJConfig."""
