@@ -52,3 +52,24 @@ def test_data_within_one_window_is_only_shuffled():
     plain = ShuffledBatches(list(range(100)), 4, list, seed=2)
     small = ShuffledBatches(list(range(100)), 4, list, seed=2, length=lengths.__getitem__)
     assert epoch_batches(plain) == epoch_batches(small)
+
+
+def test_ddp_ranks_take_disjoint_slices_of_the_single_process_batch():
+    lengths = lengths_of(1000, seed=4)
+    make = lambda bs, rank, world: ShuffledBatches(list(range(1000)), bs, list, seed=5,  # noqa: E731
+                                                   rank=rank, world_size=world, length=lengths.__getitem__)
+    single, ranks = make(6, 0, 1), [make(3, r, 2) for r in range(2)]
+    assert all(r.steps_per_epoch == single.steps_per_epoch == 166 for r in ranks)
+    for _ in range(2 * single.steps_per_epoch):  # two epochs
+        whole, (a, b) = single.next_batch(), [r.next_batch() for r in ranks]
+        assert len(a) == len(b) == 3 and not set(a) & set(b)
+        assert a + b == whole
+    resumed = make(3, 1, 2)
+    resumed.load_state_dict(ranks[1].state_dict())
+    assert [resumed.next_batch() for _ in range(5)] == [ranks[1].next_batch() for _ in range(5)]
+
+
+def test_a_partial_batch_is_split_evenly_between_ranks():
+    ranks = [ShuffledBatches(list(range(5)), 4, list, seed=1, rank=r, world_size=2) for r in range(2)]
+    a, b = (r.next_batch() for r in ranks)
+    assert len(a) == 2 and len(b) == 3 and sorted(a + b) == list(range(5))

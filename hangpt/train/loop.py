@@ -81,7 +81,10 @@ class ShuffledBatches:
     """Examples in a fresh seeded order every epoch, `batch_size` at a time through `collate`.
 
     The order of epoch e is a permutation seeded by (seed, e), so the position (epoch, index) is the
-    whole state. Under DDP each rank takes every world_size-th batch.
+    whole state. Under DDP (`torchrun`) `batch_size` is per rank, as in pretraining: step k takes the
+    k-th global batch of batch_size x world_size examples and each rank collates its own slice, so
+    the ranks see disjoint examples that together make the batch one process would take with
+    --batch-size batch_size x world_size (same order, same epochs, same steps).
 
     With `length` (the token count of an example), batches are bucketed: the shuffled examples are
     taken in windows of BUCKET_WINDOW batches, each window is sorted by length and cut into batches,
@@ -94,16 +97,21 @@ class ShuffledBatches:
     BUCKET_WINDOW = 64
 
     def __init__(self, examples: list, batch_size: int, collate: Callable[[list], Any], seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True,
+                 rank: int | None = None, world_size: int | None = None, drop_last: bool = True,
                  length: Callable[[Any], int] | None = None):
+        if rank is None or world_size is None:
+            rank, world_size = distributed()
         if not examples:
             raise InputError("no training examples")
-        self.examples, self.batch_size, self.collate = examples, batch_size, collate
+        if len(examples) < world_size:
+            raise InputError(f"{len(examples)} training examples cannot be shared by {world_size} ranks")
+        self.examples, self.collate = examples, collate
+        self.batch_size = batch_size * world_size  # the global batch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.lengths = [length(e) for e in examples] if length is not None else None
-        n = len(examples) // batch_size if drop_last and len(examples) >= batch_size else math.ceil(len(examples) / batch_size)
-        self.batches_per_epoch = max(1, n)
-        self.steps_per_epoch = max(1, self.batches_per_epoch // world_size)
+        bs = self.batch_size
+        n = len(examples) // bs if drop_last and len(examples) >= bs else math.ceil(len(examples) / bs)
+        self.steps_per_epoch = max(1, n)
         self.epoch, self.index = 0, 0
         self._order = None
 
@@ -122,16 +130,20 @@ class ShuffledBatches:
         full = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
         return [i for b in full + partial for i in b]
 
-    def next_batch(self):
+    def next_indices(self) -> list[int]:
+        """This rank's slice of the next global batch (an even split of a partial last batch)."""
         if self._order is None:
             self._order = self._epoch_order()
         if self.index >= self.steps_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
             self._order = self._epoch_order()
-        b = self.index * self.world_size + self.rank
-        idx = self._order[b * self.batch_size : (b + 1) * self.batch_size]
+        batch = self._order[self.index * self.batch_size : (self.index + 1) * self.batch_size]
         self.index += 1
-        return self.collate([self.examples[i] for i in idx])
+        n, r, w = len(batch), self.rank, self.world_size
+        return batch[r * n // w : (r + 1) * n // w]
+
+    def next_batch(self):
+        return self.collate([self.examples[i] for i in self.next_indices()])
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}

@@ -177,7 +177,7 @@ class RolloutRun(ResumableRun):
         self.tokenizer, self.prompts, self.encode_prompt = tokenizer, prompts, encode_prompt
         self.score_fn, self.save_fn, self.log = score_fn, save_fn, log
         self.batches = ShuffledBatches(list(range(len(prompts))), prompts_per_step or cfg.batch_size, lambda b: b,
-                                       seed=cfg.seed)
+                                       seed=cfg.seed, rank=0, world_size=1)  # one process: no DDP here
         if cfg.gradient_checkpointing:
             checkpoint_blocks(trained)
         trained.to(device()).train()
