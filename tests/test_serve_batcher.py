@@ -35,7 +35,7 @@ def test_queued_requests_are_decoded_in_one_batch(tiny_checkpoint):
     assert texts == alone  # batching (left padding) does not change greedy answers
 
 
-def test_cancelled_request_stops_and_others_finish(tiny_checkpoint):
+def test_cancelled_request_stops_and_others_finish_static(tiny_checkpoint):
     engine, tok = _engine(tiny_checkpoint)
     config = GenerationConfig(max_new_tokens=60, logit_bias={engine.model.config.eos_token_id: -100.0})
     seen = []
@@ -53,7 +53,7 @@ def test_cancelled_request_stops_and_others_finish(tiny_checkpoint):
 
     async def main():
         nonlocal drop
-        batcher = Batcher(CancelAfterFirstEvent(), max_batch_size=8)
+        batcher = Batcher(CancelAfterFirstEvent(), max_batch_size=8, batching="static")
         keep = batcher.submit([Job(tok.encode("오늘"), config, [0])])
         drop = batcher.submit([Job(tok.encode("주말에"), config, [0])])
         batcher.start()

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from hangpt.engine.core import Engine
+from hangpt.engine.session import Session
 from test_serve_support import running_server
 
 BOOM_SEED = 4242  # the patched engine fails any batch holding a request with this seed
@@ -22,24 +23,25 @@ BOOM_SEED = 4242  # the patched engine fails any batch holding a request with th
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
-    """A server whose engine fails, before decoding anything, every batch with a BOOM_SEED row (a
-    stand-in for any error inside the engine), and decodes slowly enough to be left mid-answer."""
-    real_stream_batch, real_step = Engine.stream_batch, Engine.step
+    """A server whose engine fails, before decoding anything, every request with BOOM_SEED as it
+    joins the running batch (a stand-in for any error inside the engine), and decodes slowly enough
+    to be left mid-answer."""
+    real_add, real_step = Session.add, Session.step
 
-    def stream_batch(self, requests, is_cancelled=None):
-        if any(config.seed == BOOM_SEED for _, config in requests):
+    def add(self, prompt, config, generator=None):
+        if config.seed == BOOM_SEED:
             raise RuntimeError("boom")
-        yield from real_stream_batch(self, requests, is_cancelled)
+        return real_add(self, prompt, config, generator)
 
-    def step(self, batch, tokens):
-        if getattr(self, "slow", False):
+    def step(self):
+        if getattr(Engine, "slow", False):
             time.sleep(0.05)
-        return real_step(self, batch, tokens)
+        return real_step(self)
 
     db = tmp_path_factory.mktemp("serve") / "feedback.sqlite"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Engine, "stream_batch", stream_batch)
-        mp.setattr(Engine, "step", step)
+        mp.setattr(Session, "add", add)
+        mp.setattr(Session, "step", step)
         with running_server(tiny_checkpoint, feedback_db=db, max_tokens_limit=100) as url:
             yield url
 

@@ -21,6 +21,9 @@ from .options import device_option, log, print_json
                    "./hangpt-run/feedback.sqlite when the checkpoint folder is read-only].")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Sequences decoded together in one batch.")
+@click.option("--batching", type=click.Choice(["continuous", "static"]), default="continuous", show_default=True,
+              help="continuous: a request joins the running batch at the next step; static: it waits for the "
+                   "batch to end (for comparison).")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), default=None,
               help="Largest max_tokens a request may ask for [default: the model's context].")
 @click.option("--max-n", type=click.IntRange(min=1), default=8, show_default=True, help="Largest n per request.")
@@ -30,7 +33,7 @@ from .options import device_option, log, print_json
               help="Also answer requests whose Host header is this name (repeatable; * answers any). By default "
                    "only the names of the --host address are answered, which keeps web pages from reaching the "
                    "server through DNS rebinding.")
-def serve(models, host, port, api_key, feedback_db, max_batch_size, max_tokens_limit, max_n, model_name, device, allowed_hosts):
+def serve(models, host, port, api_key, feedback_db, max_batch_size, batching, max_tokens_limit, max_n, model_name, device, allowed_hosts):
     """OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and the web
     playground at / (chat, compare-and-rank, attention maps)."""
     import os
@@ -55,6 +58,7 @@ def serve(models, host, port, api_key, feedback_db, max_batch_size, max_tokens_l
         api_key=api_key,
         feedback_db=Path(feedback_db),
         max_batch_size=max_batch_size,
+        batching=batching,
         max_tokens_limit=max_tokens_limit or max(c.model.config.context_length for c in checkpoints.values()),
         max_n=max_n,
         allowed_hosts=allowed_hosts_for(host, allowed_hosts),

@@ -79,12 +79,14 @@ class Session:
             lengths[:n] = self.lengths[:n]
         self.cache, self.seqs, self.lengths = cache, seqs, lengths
 
-    def add(self, prompt: list[int], config: GenerationConfig,
+    def add(self, prompt: str | list[int], config: GenerationConfig,
             generator: torch.Generator | None = None) -> list[int]:
-        """Prefill one request (token ids, checked by Engine.check/encode) alone and put its
-        num_return_sequences rows in the batch; returns their indices. generator: shared with other
-        requests (Engine.generate's seed); by default the request's own, from its seed."""
+        """Check and prefill one request alone and put its num_return_sequences rows in the batch;
+        returns their indices. generator: shared with other requests (Engine.generate's seed); by
+        default the request's own, from its seed. A bad request raises here, before joining."""
         engine = self.engine
+        engine.check(config)
+        prompt = engine.encode(prompt)
         P, n = len(prompt), config.num_return_sequences
         max_new = min(config.max_new_tokens, engine.model.config.context_length - P + 1)
         batch, logits = engine.prefill([prompt], P)

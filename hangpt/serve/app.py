@@ -42,6 +42,7 @@ class ServerSettings:
     api_key: str | None = None
     feedback_db: Path | None = None
     max_batch_size: int = 16
+    batching: str = "continuous"  # or "static" (batcher.py)
     max_tokens_limit: int = 256  # largest max_tokens a request may ask for
     max_n: int = 8
     max_prompt_tokens: int | None = None  # None: the model's context minus one
@@ -64,7 +65,7 @@ class Served:
         self.template = template_for(checkpoint.meta, self.tokenizer)
         self.chat_stops = self.template.stop_strings(self.tokenizer)
         self.engine = Engine(self.model, self.tokenizer)
-        self.batcher = Batcher(self.engine, settings.max_batch_size)
+        self.batcher = Batcher(self.engine, settings.max_batch_size, settings.batching)
 
     def card(self) -> dict:
         return {"id": self.name, "object": "model", "created": int(time.time()), "owned_by": "hangpt",

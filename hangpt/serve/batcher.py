@@ -1,13 +1,16 @@
-"""Decode concurrent HTTP requests together: an asyncio front queues jobs, one worker thread runs
-`Engine.stream_batch` over whatever is queued and hands each event back to the request's own
-asyncio queue.
+"""Decode concurrent HTTP requests together: an asyncio front queues jobs, one worker thread
+decodes them and hands each event back to the request's own asyncio queue.
 
-Each job is one sequence (the app splits `n` > 1 into n jobs), so the engine's row index is the
-job's position in the batch. A job whose client went away is cancelled and the engine drops its
-row. Beam-search jobs produce all their sequences at once through `Engine.generate`, one at a time.
+Continuous batching (the default): the worker keeps one engine session (engine/session.py); between
+two decoding steps, waiting jobs join it (prefilled on their own, up to max_batch_size rows) and the
+rows of clients that went away leave, so a request arriving mid-answer gets its first token after
+its own prefill and one step, not after the whole batch. Static batching (for comparison) runs
+`Engine.stream_batch` over whatever is queued, to its end.
 
-A batch that fails before it produced anything is decoded again one request at a time, so a request
-that cannot be decoded fails alone; the others never see its error.
+Each job is one sequence (the app splits `n` > 1 into n jobs). Beam-search jobs produce all their
+sequences at once through `Engine.generate`, one at a time. A request that cannot be prefilled fails
+alone; a static batch that fails before it produced anything is decoded again one request at a
+time, so the others never see its error.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from ..engine import Engine, GenerationConfig, StreamEvent
+from ..engine.batch import evaluating
 
 
 @dataclass
@@ -62,17 +66,18 @@ class Ticket:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch_size: int = 16, gather_seconds: float = 0.01,
-                 max_gather_seconds: float = 0.1):
+    def __init__(self, engine: Engine, max_batch_size: int = 16, batching: str = "continuous",
+                 gather_seconds: float = 0.01, max_gather_seconds: float = 0.1):
         self.engine = engine
         self.max_batch_size = max_batch_size
+        self.continuous = batching == "continuous"
         self.gather_seconds = gather_seconds  # start once no request arrived for this long...
         self.max_gather_seconds = max_gather_seconds  # ...or the first one has waited this long
         self._pending: list[Job] = []
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="hangpt-batcher", daemon=True)
-        self.batches = 0  # decoded batches, and the largest one (for /health)
+        self.batches = 0  # decoded batches (continuous: runs from idle to idle), and the largest one (for /health)
         self.largest_batch = 0
         self.dropped = 0  # sequences abandoned mid-decoding because their client went away
         self._current: list[Job] = []
@@ -105,9 +110,66 @@ class Batcher:
         return ticket
 
     # -- worker thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        if not self.continuous:
+            self._run_static()
+            return
+        with evaluating(self.engine.model):
+            self._run_continuous()
+
+    def _run_continuous(self) -> None:
+        """One step at a time: waiting jobs join, left ones leave, then every row gets a token."""
+        session, rows = self.engine.session(), {}  # session row -> its job
+        while not self._stopped:
+            for job in self._admit(wait=not session, free=self.max_batch_size - len(session)):
+                if not session:
+                    self.batches += 1
+                try:
+                    if job.is_beam:
+                        self._beam(job)
+                    else:
+                        rows.update(dict.fromkeys(session.add(job.prompt_ids, job.config), job))
+                except Exception as e:  # this request alone cannot be decoded
+                    _fail([job], e)
+            for index in [i for i, job in rows.items() if job.ticket.cancelled]:
+                session.cancel(index)
+                del rows[index]
+                self.dropped += 1
+            self._current = list(rows.values())
+            if not session:
+                continue
+            self.largest_batch = max(self.largest_batch, len(session))
+            try:
+                events = session.step()
+            except Exception as e:  # a failed step leaves the session unusable: its rows learn why
+                _fail(self._current, e)
+                session, rows = self.engine.session(), {}
+                continue
+            for event in events:
+                job = rows[event.index]
+                if event.finish_reason is not None:
+                    job.done = True
+                    del rows[event.index]
+                job.ticket.push((job.choices[0], event))
+        self._current = []
+
+    def _admit(self, wait: bool, free: int) -> list[Job]:
+        """The jobs that join now (FIFO): as many plain ones as there are free rows, or a beam-search
+        job at the head of the queue. wait: block until there is one (the batch is empty)."""
+        with self._cond:
+            while wait and not self._pending and not self._stopped:
+                self._cond.wait()
+            self._pending = [j for j in self._pending if not j.ticket.cancelled]
+            taken = []
+            while self._pending and (self._pending[0].is_beam or len(taken) < free):
+                taken.append(self._pending.pop(0))
+                if taken[-1].is_beam:
+                    break
+            return taken
+
     def _take(self) -> list[Job]:
-        """Wait for work, let requests arriving together join (until a quiet gap), then take one
-        batch (FIFO)."""
+        """Static batching: wait for work, let requests arriving together join (until a quiet
+        gap), then take one batch (FIFO)."""
         with self._cond:
             while not self._pending and not self._stopped:
                 self._cond.wait()
@@ -127,7 +189,7 @@ class Batcher:
             self._pending = [j for j in self._pending if id(j) not in taken]
             return batch
 
-    def _run(self) -> None:
+    def _run_static(self) -> None:
         while not self._stopped:
             jobs = self._take()
             if not jobs:
