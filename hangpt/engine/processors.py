@@ -80,9 +80,6 @@ class Processor:
     def extend(self, other: "Processor") -> None:
         """Append other's rows after these (rows joining a running batch keep nothing of the others,
         and the rows already here keep their UTF-8 state)."""
-        self.configs += other.configs
-        self.ngram += other.ngram
-        self.utf8 = self.utf8 or other.utf8
         if (self.bias is None) != (other.bias is None):
             for p in (self, other):
                 if p.bias is None:
@@ -92,6 +89,9 @@ class Processor:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, torch.cat([t, getattr(other, name)]))
+        self.configs = self.configs + other.configs
+        self.ngram = self.ngram + other.ngram
+        self.utf8 = self.utf8 or other.utf8
         self._update_flags()
 
     def expand(self, n: int) -> "Processor":
