@@ -12,13 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..data.preferences import PreferencePair, chat_template
 from ..errors import InputError
 from ..models.lora import adapters_disabled, has_lora
-from ..templates import template_for
-from .loop import (ShuffledBatches, TrainConfig, Trainer, apply_lora, device, load_reference, resume_state,
-                   seed_everything)
+from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, load_reference, open_run
 from .losses import dpo_loss, token_logprobs
 from .reward import PairExample, collate_pairs, encode_pairs, pair_length
 from .sft import holdout_split
@@ -88,22 +86,13 @@ def evaluate_dpo(model, examples: list[PairExample], pad_id: int, beta: float, b
 def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConfig, *, beta: float = 0.1,
               max_length: int | None = None, val_fraction: float = 0.1, log=print) -> dict:
     """DPO from the checkpoint in `model_dir` (its weights are also the reference), or resume cfg.out."""
-    seed_everything(cfg.seed)
     if beta <= 0:
         raise InputError(f"--beta {beta}: must be positive")
-    state = resume_state(cfg)
-    if state is not None:
-        ckpt = load_checkpoint(cfg.out, merge_adapter=False)
-        template = template_for(ckpt.meta, ckpt.tokenizer)
-        base = ckpt.meta.get("base_model", {})
-        # a LoRA run's base never trains: with its adapters off it is the reference, no second copy
-        reference = ckpt.model if has_lora(ckpt.model) else load_reference(ckpt, cfg.out)
-    else:
-        ckpt = load_checkpoint(model_dir)
-        template = chat_template(ckpt)
-        reference = ckpt.model
-        base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
+    ckpt, template, base, state = open_run(model_dir, cfg, chat_template)
     model, tokenizer = ckpt.model, ckpt.tokenizer
+    # the starting weights are the reference; a resumed LoRA run's base never trained: with its
+    # adapters off it is the reference, no second copy
+    reference = model if state is None or has_lora(model) else load_reference(ckpt, cfg.out)
     max_length = min(max_length or model.config.context_length, model.config.context_length)
     pad_id = tokenizer.pad_id
     dev = device()

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import torch
 
@@ -488,6 +488,31 @@ def resume_state(cfg: TrainConfig) -> dict | None:
             raise InputError(f"{out}: holds an unfinished run; add --resume to continue it or --overwrite to start over")
         raise InputError(f"{out}: already holds a finished checkpoint; pass --overwrite to replace it")
     return None
+
+
+class OpenedRun(NamedTuple):
+    """A chat stage's starting point, as `open_run` loads it."""
+
+    ckpt: Any  # the checkpoint to train (model, tokenizer, meta, extra_tensors)
+    template: Any  # the chat template its conversations are rendered with
+    base: dict  # where the starting model came from (hangpt.json base_model)
+    state: dict | None  # the train state to resume from; None for a fresh run
+
+
+def open_run(model_dir: str | Path | None, cfg: TrainConfig, fresh_template: Callable[[Any], Any]) -> OpenedRun:
+    """The seed/resume/load preamble of the stages that train a chat model (sft, dpo, ppo, grpo):
+    with --resume the run in cfg.out (adapters kept apart, so training continues on them) and the
+    template it recorded; else the checkpoint in `model_dir` and fresh_template(ckpt)."""
+    from ..checkpoint import load_checkpoint
+    from ..templates import template_for
+
+    seed_everything(cfg.seed)
+    state = resume_state(cfg)
+    if state is not None:
+        ckpt = load_checkpoint(cfg.out, merge_adapter=False)
+        return OpenedRun(ckpt, template_for(ckpt.meta, ckpt.tokenizer), ckpt.meta.get("base_model", {}), state)
+    ckpt = load_checkpoint(model_dir)
+    return OpenedRun(ckpt, fresh_template(ckpt), {"path": str(model_dir), "stage": ckpt.meta.get("stage")}, None)
 
 
 def check_writable(out: Path) -> None:

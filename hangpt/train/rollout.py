@@ -18,13 +18,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..data.preferences import chat_template
 from ..errors import InputError
 from ..models.lora import adapters_disabled, has_lora
-from ..templates import template_for
 from .loop import (ResumableRun, ShuffledBatches, StepBoundaryStop, TrainConfig, apply_lora, checkpoint_blocks, device,
-                   load_reference, make_optimizer, resume_state, seed_everything)
+                   load_reference, make_optimizer, open_run)
 from .losses import token_logprobs
 from .rewards import ScoreFn
 
@@ -123,22 +122,15 @@ class Policy:
 
 
 def open_policy(model_dir: str | Path | None, cfg: TrainConfig, log=print) -> Policy:
-    """The seed/resume/load preamble of an RL stage: the SFT checkpoint in `model_dir` (LoRA added
-    when asked) and a frozen copy as the reference, or the run in cfg.out to resume. With LoRA no
+    """An RL stage's start (open_run): the SFT checkpoint in `model_dir` (LoRA added when asked)
+    and a frozen copy as the reference, or the run in cfg.out to resume. With LoRA no
     copy is made: the base under the adapters, which never trains, is the reference."""
-    seed_everything(cfg.seed)
-    state = resume_state(cfg)
+    ckpt, template, base, state = open_run(model_dir, cfg, chat_template)
     if state is not None:
-        ckpt = load_checkpoint(cfg.out, merge_adapter=False)
-        template = template_for(ckpt.meta, ckpt.tokenizer)
-        base = ckpt.meta.get("base_model", {})
         reference = None if has_lora(ckpt.model) else load_reference(ckpt, cfg.out)
     else:
-        ckpt = load_checkpoint(model_dir)
-        template = chat_template(ckpt)
         reference = None if cfg.lora else copy.deepcopy(ckpt.model)
         apply_lora(ckpt.model, cfg, log)
-        base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
     if reference is not None:
         reference.eval().to(device())
         for p in reference.parameters():

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..templates import IGNORE_INDEX, ChatTemplate, prepare_tokenizer, template_for
-from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, resume_state, seed_everything
+from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, open_run
 from .losses import next_token_loss
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
@@ -106,16 +106,7 @@ def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainCo
     """Fine-tune the checkpoint in `model_dir` (or continue the run in cfg.out with cfg.resume) and
     write the result to cfg.out; returns the training summary. loss="all" learns every token of
     each example, prompt included (the KoGPT2 lab's labels=input_ids), instead of the answers only."""
-    seed_everything(cfg.seed)
-    state = resume_state(cfg)
-    if state is not None:
-        ckpt = load_checkpoint(cfg.out, merge_adapter=False)
-        template = template_for(ckpt.meta, ckpt.tokenizer)
-        base = ckpt.meta.get("base_model", {})
-    else:
-        ckpt = load_checkpoint(model_dir)
-        template = template_for(ckpt.meta, ckpt.tokenizer, template_name)
-        base = {"path": str(model_dir), "stage": ckpt.meta.get("stage")}
+    ckpt, template, base, state = open_run(model_dir, cfg, lambda c: template_for(c.meta, c.tokenizer, template_name))
     model, tokenizer = ckpt.model, ckpt.tokenizer
     if state is None:
         apply_lora(model, cfg, log)
