@@ -1,8 +1,9 @@
 """Load test of `hangpt serve`: N concurrent streaming clients on loopback vs the same requests sent
-one at a time.
+one at a time, with continuous batching and with static batching.
 
-Starts the real server (`hangpt serve` in a subprocess) on a random-weight model of the `tiny`
-preset (4 layers, 256 wide) with a tokenizer trained on the package's demo text, then measures
+Starts the real server (`hangpt serve --batching continuous`, then `--batching static`, in a
+subprocess) on a random-weight model of the `tiny` preset (4 layers, 256 wide) with a tokenizer
+trained on the package's demo text, and measures on each
   - sequential: the requests one after another (aggregate tokens/s),
   - concurrent 8 and 32: all requests at once (aggregate tokens/s, per-request latency, time to
     first token, errors),
@@ -10,10 +11,11 @@ preset (4 layers, 256 wide) with a tokenizer trained on the package's demo text,
 Every request streams exactly --max-tokens tokens (the end-of-text token is banned with
 logit_bias), so the runs do the same work. Medians of --repeats runs after a warm-up.
 
-    python benchmarks/serve_load.py [--max-tokens 48] [--repeats 3]
+    python benchmarks/serve_load.py [--max-tokens 48] [--repeats 3] [--batching both|continuous|static]
 
-Last line: RESULT serve_load concurrent8_ratio=... errors32=... p50_ms=... p99_ms=... ttft_p50_ms=...
-ttft_p99_ms=... tokens_per_s32=... errors64=... ttft64_p99_ms=...
+Last line: RESULT serve_load ttft_p50_ms=... ttft_p99_ms=... p50_ms=... p99_ms=... tokens_per_s32=...
+errors32=... ttft64_p50_ms=... ttft64_p99_ms=... errors64=... concurrent8_ratio=..., the same with a
+static_ prefix for static batching, and tokens_ratio32 (continuous / static tokens/s, 32 clients)
 (p50/p99: request latency, first byte sent to [DONE]; ttft: to the first text chunk; in the 32-client
 run unless named 64).
 """
@@ -128,13 +130,55 @@ async def run(url: str, n: int, concurrent: bool, max_tokens: int, eos: int, sta
     }
 
 
+def measure(model: Path, batching: str, args, eos: int, tmp: str) -> dict:
+    """Start `hangpt serve --batching BATCHING` and run every load on it; the runs and /health."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(  # the real command, as a user starts it
+        [sys.executable, "-c", "from hangpt.cli import main; main()", "serve", "--model", str(model),
+         "--port", str(port), "--model-name", "bench", "--feedback-db", str(Path(tmp) / f"fb-{batching}.sqlite"),
+         "--batching", batching, "--max-batch-size", str(args.max_batch_size)],
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit("the server did not start")
+            time.sleep(0.2)
+        asyncio.run(run(url, 4, True, 8, eos))  # warm-up
+        seq, conc8 = [], []
+        for _ in range(args.repeats):
+            seq.append(asyncio.run(run(url, 8, False, args.max_tokens, eos)))
+            conc8.append(asyncio.run(run(url, 8, True, args.max_tokens, eos)))
+        conc32 = asyncio.run(run(url, 32, True, args.max_tokens, eos))
+        stag64 = asyncio.run(run(url, 64, True, args.max_tokens, eos, args.stagger))
+        return {"seq": seq, "conc8": conc8, "conc32": [conc32], "stag64": [stag64],
+                "health": httpx.get(url + "/health").json()}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def med(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="Checkpoint to serve [default: a random `tiny` model made on the spot].")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--stagger", type=float, default=3.0, help="Seconds over which the 64 staggered requests arrive.")
+    ap.add_argument("--max-batch-size", type=int, default=32, help="The servers' --max-batch-size.")
+    ap.add_argument("--batching", choices=["both", "continuous", "static"], default="both",
+                    help="Which server batching to measure (both: one after the other, same loads).")
     args = ap.parse_args()
+    modes = ["continuous", "static"] if args.batching == "both" else [args.batching]
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else Path(tmp) / "model"
@@ -143,52 +187,33 @@ def main() -> None:
         from hangpt.tokenizer import Tokenizer
 
         eos = Tokenizer.load(model).eos_id
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(  # the real command, as a user starts it
-            [sys.executable, "-c", "from hangpt.cli import main; main()", "serve", "--model", str(model),
-             "--port", str(port), "--model-name", "bench", "--feedback-db", str(Path(tmp) / "fb.sqlite")],
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    sys.exit("the server did not start")
-                time.sleep(0.2)
-            asyncio.run(run(url, 4, True, 8, eos))  # warm-up
-            seq, conc8 = [], []
-            for _ in range(args.repeats):
-                seq.append(asyncio.run(run(url, 8, False, args.max_tokens, eos)))
-                conc8.append(asyncio.run(run(url, 8, True, args.max_tokens, eos)))
-            conc32 = asyncio.run(run(url, 32, True, args.max_tokens, eos))
-            stag64 = asyncio.run(run(url, 64, True, args.max_tokens, eos, args.stagger))
-            health = httpx.get(url + "/health").json()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        results = {mode: measure(model, mode, args, eos, tmp) for mode in modes}
 
-    def med(runs, key):
-        return statistics.median(r[key] for r in runs)
-
-    print(f"{'run':<22}{'tokens/s':>10}{'wall s':>9}{'p50 ms':>9}{'p99 ms':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
-          f"{'errors':>8}")
-    for name, runs in (("8 one at a time", seq), ("8 concurrent", conc8), ("32 concurrent", [conc32]),
-                       (f"64 over {args.stagger:g} s", [stag64])):
-        print(f"{name:<22}{med(runs, 'tokens_per_s'):>10.1f}{med(runs, 'wall_s'):>9.2f}{med(runs, 'p50_ms'):>9.0f}"
-              f"{med(runs, 'p99_ms'):>9.0f}{med(runs, 'ttft_p50_ms'):>10.0f}{med(runs, 'ttft_p99_ms'):>10.0f}"
-              f"{sum(r['errors'] for r in runs):>8}")
-    print(f"server: {health['batches']} batches, largest {health['largest_batch']} sequences; "
-          f"{os.cpu_count()} CPUs, {args.max_tokens} tokens per request")
-    ratio = med(conc8, "tokens_per_s") / med(seq, "tokens_per_s")
-    print(f"RESULT serve_load concurrent8_ratio={ratio:.2f} errors32={conc32['errors']} "
-          f"p50_ms={conc32['p50_ms']:.0f} p99_ms={conc32['p99_ms']:.0f} ttft_p50_ms={conc32['ttft_p50_ms']:.0f} "
-          f"ttft_p99_ms={conc32['ttft_p99_ms']:.0f} tokens_per_s32={conc32['tokens_per_s']:.1f} "
-          f"errors64={stag64['errors']} ttft64_p99_ms={stag64['ttft_p99_ms']:.0f}")
+    print(f"{'batching':<12}{'run':<22}{'tokens/s':>10}{'wall s':>9}{'p50 ms':>9}{'p99 ms':>9}{'TTFT p50':>10}"
+          f"{'TTFT p99':>10}{'errors':>8}")
+    for mode, r in results.items():
+        for name, key in (("8 one at a time", "seq"), ("8 concurrent", "conc8"), ("32 concurrent", "conc32"),
+                          (f"64 over {args.stagger:g} s", "stag64")):
+            runs = r[key]
+            print(f"{mode:<12}{name:<22}{med(runs, 'tokens_per_s'):>10.1f}{med(runs, 'wall_s'):>9.2f}"
+                  f"{med(runs, 'p50_ms'):>9.0f}{med(runs, 'p99_ms'):>9.0f}{med(runs, 'ttft_p50_ms'):>10.0f}"
+                  f"{med(runs, 'ttft_p99_ms'):>10.0f}{sum(x['errors'] for x in runs):>8}")
+        print(f"{mode:<12}server: {r['health']['batches']} batches, largest {r['health']['largest_batch']} sequences")
+    print(f"{os.cpu_count()} CPUs, {args.max_tokens} tokens per request, --max-batch-size {args.max_batch_size}")
+    fields = []
+    for mode, r in results.items():
+        prefix = "" if mode == "continuous" else "static_"
+        c32, s64 = r["conc32"][0], r["stag64"][0]
+        fields += [f"{prefix}ttft_p50_ms={c32['ttft_p50_ms']:.0f}", f"{prefix}ttft_p99_ms={c32['ttft_p99_ms']:.0f}",
+                   f"{prefix}p50_ms={c32['p50_ms']:.0f}", f"{prefix}p99_ms={c32['p99_ms']:.0f}",
+                   f"{prefix}tokens_per_s32={c32['tokens_per_s']:.1f}", f"{prefix}errors32={c32['errors']}",
+                   f"{prefix}ttft64_p50_ms={s64['ttft_p50_ms']:.0f}", f"{prefix}ttft64_p99_ms={s64['ttft_p99_ms']:.0f}",
+                   f"{prefix}errors64={s64['errors']}",
+                   f"{prefix}concurrent8_ratio={med(r['conc8'], 'tokens_per_s') / med(r['seq'], 'tokens_per_s'):.2f}"]
+    if len(results) == 2:
+        ratio = results["continuous"]["conc32"][0]["tokens_per_s"] / results["static"]["conc32"][0]["tokens_per_s"]
+        fields.append(f"tokens_ratio32={ratio:.2f}")
+    print("RESULT serve_load " + " ".join(fields))
 
 
 if __name__ == "__main__":

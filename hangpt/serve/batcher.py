@@ -155,10 +155,11 @@ class Batcher:
 
     def _admit(self, wait: bool, free: int) -> list[Job]:
         """The jobs that join now (FIFO): as many plain ones as there are free rows, or a beam-search
-        job at the head of the queue. wait: block until there is one (the batch is empty)."""
+        job at the head of the queue. wait (the batch is empty): block until requests come, and let
+        those arriving together start together."""
         with self._cond:
-            while wait and not self._pending and not self._stopped:
-                self._cond.wait()
+            if wait:
+                self._gather()
             self._pending = [j for j in self._pending if not j.ticket.cancelled]
             taken = []
             while self._pending and (self._pending[0].is_beam or len(taken) < free):
@@ -167,18 +168,22 @@ class Batcher:
                     break
             return taken
 
+    def _gather(self) -> None:
+        """(Lock held.) Wait for work, then for requests arriving together (until a quiet gap)."""
+        while not self._pending and not self._stopped:
+            self._cond.wait()
+        deadline = time.monotonic() + self.max_gather_seconds
+        while not self._stopped and len(self._pending) < self.max_batch_size:
+            seen = len(self._pending)
+            self._cond.wait(min(self.gather_seconds, max(deadline - time.monotonic(), 0)))
+            if len(self._pending) == seen or time.monotonic() >= deadline:
+                break
+
     def _take(self) -> list[Job]:
-        """Static batching: wait for work, let requests arriving together join (until a quiet
-        gap), then take one batch (FIFO)."""
+        """Static batching: wait for work, let requests arriving together join, then take one batch
+        (FIFO)."""
         with self._cond:
-            while not self._pending and not self._stopped:
-                self._cond.wait()
-            deadline = time.monotonic() + self.max_gather_seconds
-            while not self._stopped and len(self._pending) < self.max_batch_size:
-                seen = len(self._pending)
-                self._cond.wait(min(self.gather_seconds, max(deadline - time.monotonic(), 0)))
-                if len(self._pending) == seen or time.monotonic() >= deadline:
-                    break
+            self._gather()
             if self._stopped:
                 return []
             self._pending = [j for j in self._pending if not j.ticket.cancelled]
