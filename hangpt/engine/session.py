@@ -66,7 +66,10 @@ class Session:
         have_rows, have_cols = (0, 0) if self.cache is None else (self.cache.k.shape[1], self.cache.max_length)
         if rows <= have_rows and columns <= have_cols:
             return
-        rows, columns = max(rows, 2 * have_rows), min(max(columns, 2 * have_cols), engine.model.config.context_length)
+        if rows > have_rows:
+            rows = max(rows, 2 * have_rows)
+        if columns > have_cols:
+            columns = min(max(columns, 2 * have_cols), engine.model.config.context_length)
         rows, columns = max(rows, have_rows), max(columns, have_cols)
         cache = KVCache(engine.model.config, rows, columns, dtype=engine.model.lm_head.weight.dtype,
                         device=engine.device)
