@@ -119,3 +119,39 @@ def test_ppo_value_loss_clips_by_hand():
     loss = ppo_value_loss(values, old, returns, torch.ones(1, 2), clip_range=0.2)
     # token 0: max((2-3)^2, (1.2-3)^2) = 3.24; token 1: max(0, (0.0-0)^2 for clip 0.1-0.1=0.0) = 0
     assert abs(loss.item() - 0.5 * (3.24 + 0.0) / 2) < 1e-6
+
+
+def test_fused_vocab_cross_entropy_equals_cross_entropy_of_the_head(monkeypatch):
+    """Loss and every gradient equal F.cross_entropy(head(h)) across chunk boundaries, with and
+    without a head bias, mean and sum, a head tied to an embedding, and under bf16 autocast."""
+    import torch.nn.functional as F
+
+    from hangpt.train.losses import LinearCrossEntropy, vocab_cross_entropy
+
+    monkeypatch.setattr(LinearCrossEntropy, "CHUNK_ELEMENTS", 7 * 97)  # 16-row chunks, the last one short
+    torch.manual_seed(0)
+    for bias in (False, True):
+        for reduction in ("mean", "sum"):
+            head = torch.nn.Linear(24, 97, bias=bias)
+            hidden = torch.randn(53, 24, requires_grad=True)
+            targets = torch.randint(0, 97, (53,))
+            ours = vocab_cross_entropy(head, hidden, targets, reduction)
+            theirs = F.cross_entropy(head(hidden), targets, reduction=reduction)
+            torch.testing.assert_close(ours, theirs)
+            params = [hidden, *head.parameters()]
+            for a, b in zip(torch.autograd.grad(2.5 * ours, params), torch.autograd.grad(2.5 * theirs, params)):
+                torch.testing.assert_close(a, b)
+    emb = torch.nn.Embedding(97, 24)
+    head = torch.nn.Linear(24, 97, bias=False)
+    head.weight = emb.weight  # tied: the embedding's use and the head's add up
+    ids, targets = torch.randint(0, 97, (40,)), torch.randint(0, 97, (40,))
+    grads = [torch.autograd.grad(loss_fn(head, emb(ids), targets), emb.weight)[0]
+             for loss_fn in (vocab_cross_entropy, lambda h, x, t: F.cross_entropy(h(x), t))]
+    torch.testing.assert_close(*grads)
+    hidden, targets = torch.randn(53, 24, requires_grad=True), torch.randint(0, 97, (53,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = vocab_cross_entropy(head, hidden, targets)
+        theirs = F.cross_entropy(head(hidden).float(), targets)
+    torch.testing.assert_close(ours, theirs, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(torch.autograd.grad(ours, hidden)[0], torch.autograd.grad(theirs, hidden)[0],
+                               atol=2e-3, rtol=5e-2)

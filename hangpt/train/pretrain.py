@@ -27,6 +27,7 @@ from ..errors import InputError
 from ..models import CausalLM, build_model, preset_config
 from ..tokenizer import Tokenizer, bytes_per_token, train_tokenizer
 from .loop import TrainConfig, Trainer, distributed, resume_state, seed_everything
+from .losses import vocab_cross_entropy
 
 VAL_TOKENS = 1 << 16  # validation during training scores at most this many tokens (whole documents)
 # What `hangpt pretrain` trains with unless flags say otherwise, chosen by measuring validation bits
@@ -51,9 +52,9 @@ def lm_loss(model, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Mean next-token cross-entropy of a (B, T+1) batch of token windows."""
     batch = batch.to(next(model.parameters()).device)
     x, y = batch[:, :-1], batch[:, 1:]
-    logits = model(x).logits
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-    return loss, {"tokens": y.numel()}
+    hidden = model(x, return_logits=False).logits
+    lm_head = getattr(model, "module", model).lm_head  # DDP wraps the model
+    return vocab_cross_entropy(lm_head, hidden.flatten(0, 1), y.flatten()), {"tokens": y.numel()}
 
 
 @torch.no_grad()
