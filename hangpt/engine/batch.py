@@ -1,5 +1,6 @@
-"""The state of a batch being decoded (left-padded rows, their KV cache and the C step), shared by
-the engine's sampling loop (core.py) and beam search (beam.py), which reorders its rows every step."""
+"""The state of a batch being decoded (left-padded rows, their KV cache and the C step): beam search
+(beam.py) decodes one and reorders its rows every step; a request joining a session (session.py)
+is prefilled into one."""
 
 from __future__ import annotations
 
