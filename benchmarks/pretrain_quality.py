@@ -1,6 +1,8 @@
 """Pretraining quality per minute: validation bits per byte after a fixed time, 2019 recipe vs today's defaults.
 
-Both recipes pretrain `--preset tiny` on the Korean texts + NSMC training reviews for exactly
+Three recipes: `old` (the 2019 recipe: GPT-2 layout, AdamW, cosine), `llama` (the same with the
+Llama layout at the same parameter count: the architecture alone) and `new` (today's defaults:
+Llama layout, Muon, linear decay to zero). Each recipe pretrains `--preset tiny` on the Korean texts + NSMC training reviews for exactly
 `--minutes` of training (the `--time-budget`; tokenizing and validation are not counted), each
 with `--seeds` seeds. Every run holds out the same documents (every 50th) and scores the same
 validation tokens. All runs start at the same moment with one thread each (HANGPT_THREADS=1), so
@@ -8,10 +10,10 @@ on a machine that other work shares they all see the same load; `tokens` and `st
 CPU each got. The tokenizer is trained once, exactly as `hangpt pretrain` would, and shared.
 
     python benchmarks/pretrain_quality.py [--data-dir ../shared/data] [--minutes 10] [--seeds 2]
-        [--eval-every 25] [--plot docs/img/pretrain_quality.png] [--out DIR]
+        [--eval-every 25] [--plot docs/img/pretrain_quality.png] [--out DIR] [--recipes old llama new]
 
 The plot is validation bits per byte against minutes of training, from each run's train_log.jsonl.
-Last line: RESULT pretrain_quality old_bpb=... new_bpb=... (means over the seeds) target_bpb=1.85
+Last line: RESULT pretrain_quality old_bpb=... llama_bpb=... new_bpb=... (means over the seeds) target_bpb=1.85
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from hangpt.train.pretrain import _corpus_tokenizer
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RECIPES = {
     "old": ["--arch", "gpt2", "--optimizer", "adamw", "--lr-schedule", "cosine", "--lr", "1e-3"],  # the 2019 recipe
+    "llama": ["--arch", "llama", "--optimizer", "adamw", "--lr-schedule", "cosine", "--lr", "1e-3"],  # layout only
     "new": [],  # `hangpt pretrain --preset tiny`'s defaults
 }
+LABELS = {"old": "2019 recipe: GPT-2 layout, AdamW, cosine", "llama": "Llama layout, AdamW, cosine",
+          "new": "new defaults: Llama layout, Muon, linear to 0"}
 TARGET = 1.85
 
 
@@ -59,11 +64,12 @@ def plot(curves: dict[str, list[list[tuple[float, float]]]], path: Path, minutes
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    labels = {"old": "2019 recipe: GPT-2 layout, AdamW, cosine", "new": "new defaults: Llama layout, Muon, linear to 0"}
-    for (name, runs), color in zip(curves.items(), ("tab:gray", "tab:blue")):
+    colors = {"old": "tab:gray", "llama": "tab:orange", "new": "tab:blue"}
+    for name, runs in curves.items():
+        color = colors[name]
         for i, points in enumerate(runs):
             ax.plot(*zip(*points), "o-", color=color, markersize=2.5, linewidth=1.2, alpha=0.9,
-                    label=labels[name] if i == 0 else None)
+                    label=LABELS[name] if i == 0 else None)
     ax.axhline(TARGET, color="tab:red", linestyle=":", linewidth=1, label=f"{TARGET} bits per byte")
     ax.set_xlabel("minutes of training (1 thread each, runs side by side)")
     ax.set_ylabel("validation bits per byte")
@@ -85,6 +91,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=25, help="steps between validations (points of the curve)")
     ap.add_argument("--plot", type=Path, default=None, help="write the bits-per-byte curves to this PNG")
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
+                    help="old: the 2019 recipe; llama: the same with the Llama layout; new: today's defaults")
     args = ap.parse_args()
     files = [args.data_dir / "korean_text", args.data_dir / "nsmc" / "ratings_train.txt.gz"]
     with tempfile.TemporaryDirectory(prefix="hangpt-quality-") as tmp:
@@ -92,10 +100,10 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         _corpus_tokenizer(files, out / "data", 8192, 0.02, "document")
         tokenizer = next((out / "data").glob("tokenizer-*"))
-        print(f"{len(RECIPES) * args.seeds} runs of {args.minutes:g} min side by side, 1 thread each; "
+        print(f"{len(args.recipes) * args.seeds} runs of {args.minutes:g} min side by side, 1 thread each; "
               f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
         procs = {(name, seed): launch(name, flags, seed, files, tokenizer, out, args.minutes, args.eval_every)
-                 for seed in range(1, args.seeds + 1) for name, flags in RECIPES.items()}
+                 for seed in range(1, args.seeds + 1) for name, flags in RECIPES.items() if name in args.recipes}
         results = {}
         for key, proc in procs.items():
             stdout, _ = proc.communicate()
@@ -107,13 +115,13 @@ def main() -> None:
         for (name, seed), r in results.items():
             print(f"{name:<6} {seed:>4} {r['steps']:>6} {r['tokens']:>9,} {r['minutes']:>8.2f} {r['final']['val_bpb']:>8.4f}")
         mean = {name: statistics.mean(r["final"]["val_bpb"] for (n, _), r in results.items() if n == name)
-                for name in RECIPES}
+                for name in args.recipes}
         if args.plot:
-            plot({name: [curve(out / f"{name}-{seed}") for seed in range(1, args.seeds + 1)] for name in RECIPES},
+            plot({name: [curve(out / f"{name}-{seed}") for seed in range(1, args.seeds + 1)] for name in args.recipes},
                  args.plot, args.minutes)
             print(f"plot: {args.plot}")
-    print(f"RESULT pretrain_quality old_bpb={mean['old']:.3f} new_bpb={mean['new']:.3f} target_bpb={TARGET} "
-          f"minutes={args.minutes:g}")
+    shown = " ".join(f"{name}_bpb={bpb:.3f}" for name, bpb in mean.items())
+    print(f"RESULT pretrain_quality {shown} target_bpb={TARGET} minutes={args.minutes:g}")
 
 
 if __name__ == "__main__":
