@@ -55,3 +55,25 @@ def test_dpo_raises_held_out_margin(tmp_path, tiny_checkpoint):
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "val_logp_margin"} <= logged
     assert history[-1]["val_rewards/accuracies"] >= 0.9
 
+
+
+def test_rpo_alpha_adds_the_chosen_answers_cross_entropy(tiny_checkpoint):
+    """TRL's RPO loss: sigmoid DPO + rpo_alpha x the mean cross-entropy of the chosen answers' tokens."""
+    import torch.nn.functional as F
+
+    from hangpt.checkpoint import load_checkpoint
+    from hangpt.train.dpo import dpo_metrics
+
+    model = load_checkpoint(tiny_checkpoint).model
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 0, 0], [5, 6, 20, 21, 0], [10, 30, 31, 32, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 1, 1, 1, 0]])
+    ref = torch.tensor([[-9.0, -8.0], [-7.0, -9.5]])
+    batch = (ids, mask, mask.sum(1), ref)
+    with torch.no_grad():
+        dpo, _ = dpo_metrics(model, batch, 0.1, "cpu")
+        rpo, logged = dpo_metrics(model, batch, 0.1, "cpu", rpo_alpha=0.7)
+        logits = model(ids[:2]).logits[:, :-1]
+        keep = mask[:2, 1:].bool()
+        nll = F.cross_entropy(logits[keep], ids[:2, 1:][keep])
+    torch.testing.assert_close(rpo, dpo + 0.7 * nll)
+    assert abs(logged["nll_loss"] - nll.item()) < 1e-5

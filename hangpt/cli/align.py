@@ -139,10 +139,13 @@ def make_pairs_cmd(data, out, rejected, question_column, answer_column, seed, as
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the aligned model to.")
 @click.option("--beta", type=Number(min=0, min_open=True), default=0.1, show_default=True,
               help="Strength of the pull towards the reference (higher = stay closer).")
+@click.option("--rpo-alpha", type=Number(min=0), default=0.0, show_default=True,
+              help="Add this times the chosen answers' cross-entropy to the loss (TRL's RPO), so the "
+                   "model keeps writing the chosen answers instead of drifting away from both.")
 @training_options
 @lora_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
-def dpo(model, data, out, beta, as_json, **opts):
+def dpo(model, data, out, beta, rpo_alpha, as_json, **opts):
     """Direct Preference Optimization against the starting model (sigmoid loss, answer-only log-probs).
 
     Defaults: 1 epoch, batch 8, lr 5e-5, 10% held out; logs rewards/chosen, rewards/rejected,
@@ -155,7 +158,8 @@ def dpo(model, data, out, beta, as_json, **opts):
     log(f"{len(pairs)} preference pairs from {data}{pairs.skipped_note()}")
     cfg = train_config(out, opts, batch_size=8, lr=5e-5, default_epochs=1)
     val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
-    summary = train_dpo(model, pairs, cfg, beta=beta, max_length=opts["max_length"], val_fraction=val_fraction, log=log)
+    summary = train_dpo(model, pairs, cfg, beta=beta, rpo_alpha=rpo_alpha, max_length=opts["max_length"],
+                        val_fraction=val_fraction, log=log)
     if as_json:
         print_json({"out": out, **summary})
     else:

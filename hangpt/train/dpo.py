@@ -51,14 +51,24 @@ def with_reference_logprobs(model, examples: list[PairExample], pad_id: int, bat
     return out
 
 
-def dpo_metrics(m, batch, beta: float, dev) -> tuple[torch.Tensor, dict]:
-    """Loss and TRL's logged quantities for one collated batch of pairs with reference log-probs."""
+def dpo_metrics(m, batch, beta: float, dev, rpo_alpha: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Loss and TRL's logged quantities for one collated batch of pairs with reference log-probs.
+
+    rpo_alpha > 0 adds TRL's RPO term: rpo_alpha x the cross-entropy of the chosen answers' tokens
+    (their mean negative log-prob), which keeps the policy writing the chosen answers while DPO
+    pushes the rejected ones down, instead of pushing both down and drifting into text the
+    reference never wrote."""
     ids, mask, _, ref = batch
     lp = answer_logprobs(m, ids.to(dev), mask.to(dev))
     b = ref.shape[0]
     ref = ref.to(dev)
     losses, r_chosen, r_rejected = dpo_loss(lp[:b], lp[b:], ref[:, 0], ref[:, 1], beta)
-    return losses.mean(), {
+    loss, extra = losses.mean(), {}
+    if rpo_alpha:
+        nll = -lp[:b].sum() / mask[:b, 1:].sum().clamp(min=1).to(dev)
+        loss = loss + rpo_alpha * nll
+        extra["nll_loss"] = nll.item()
+    return loss, {**extra,
         "rewards/chosen": r_chosen.mean().item(),
         "rewards/rejected": r_rejected.mean().item(),
         "rewards/margins": (r_chosen - r_rejected).mean().item(),
@@ -69,13 +79,14 @@ def dpo_metrics(m, batch, beta: float, dev) -> tuple[torch.Tensor, dict]:
 
 
 @torch.no_grad()
-def evaluate_dpo(model, examples: list[PairExample], pad_id: int, beta: float, batch_size: int) -> dict:
+def evaluate_dpo(model, examples: list[PairExample], pad_id: int, beta: float, batch_size: int,
+                 rpo_alpha: float = 0.0) -> dict:
     """Held-out loss, reward accuracy/margin and the policy's chosen-minus-rejected log-prob margin."""
     dev = next(model.parameters()).device
     totals: dict[str, float] = {}
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        loss, metrics = dpo_metrics(model, collate_pairs(chunk, pad_id), beta, dev)
+        loss, metrics = dpo_metrics(model, collate_pairs(chunk, pad_id), beta, dev, rpo_alpha)
         metrics["loss"] = loss.item()
         metrics["logp_margin"] = metrics["logps/chosen"] - metrics["logps/rejected"]
         for k, v in metrics.items():
@@ -84,10 +95,12 @@ def evaluate_dpo(model, examples: list[PairExample], pad_id: int, beta: float, b
 
 
 def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConfig, *, beta: float = 0.1,
-              max_length: int | None = None, val_fraction: float = 0.1, log=print) -> dict:
+              rpo_alpha: float = 0.0, max_length: int | None = None, val_fraction: float = 0.1, log=print) -> dict:
     """DPO from the checkpoint in `model_dir` (its weights are also the reference), or resume cfg.out."""
     if beta <= 0:
         raise InputError(f"--beta {beta}: must be positive")
+    if rpo_alpha < 0:
+        raise InputError(f"--rpo-alpha {rpo_alpha}: must be 0 or more")
     ckpt, template, base, state = open_run(model_dir, cfg, chat_template)
     model, tokenizer = ckpt.model, ckpt.tokenizer
     # the starting weights are the reference; a resumed LoRA run's base never trained: with its
@@ -108,19 +121,19 @@ def train_dpo(model_dir: str | Path, pairs: list[PreferencePair], cfg: TrainConf
     del reference
     if state is None:
         apply_lora(model, cfg, log)
-    cfg.extra.update(template=template.name, beta=beta, max_length=max_length, train_pairs=len(train), val_pairs=len(val))
+    cfg.extra.update(template=template.name, beta=beta, rpo_alpha=rpo_alpha, max_length=max_length, train_pairs=len(train), val_pairs=len(val))
     batches = ShuffledBatches(train, cfg.batch_size, lambda b: collate_pairs(b, pad_id), seed=cfg.seed,
                               length=pair_length)
 
     def loss_fn(m, batch):
-        loss, metrics = dpo_metrics(m, batch, beta, dev)
+        loss, metrics = dpo_metrics(m, batch, beta, dev, rpo_alpha)
         return loss, {"tokens": int(batch[2].sum()), **metrics}
 
     def save_fn(out, train_state, summary, files):
         meta = {"stage": "dpo", "base_model": base, "chat_template": template.to_dict(), "training": summary}
         save_checkpoint(out, model, tokenizer, meta, train_state=train_state, files=files)
 
-    eval_fn = (lambda m: evaluate_dpo(m, val, pad_id, beta, cfg.batch_size)) if val else None
+    eval_fn = (lambda m: evaluate_dpo(m, val, pad_id, beta, cfg.batch_size, rpo_alpha)) if val else None
     trainer = Trainer(cfg, model, batches, loss_fn, save_fn, eval_fn, stage="dpo")
     if state is not None:
         trainer.load_train_state(state)
