@@ -31,10 +31,11 @@ BASE_RECIPE = {"sft": {"epochs": 2}, "rm": {"epochs": 1}, "dpo": {"epochs": 1}, 
 # Time of one step of each stage, and of its fixed work (loading, the tokenizer, DPO's reference
 # log-probs), in pretraining steps of the tiny model (batch 16 x 128 tokens), measured on a 2-core
 # machine; used to print the expected time of each stage up front.
-STEP_COST = {"pretrain": 1.0, "sft": 0.45, "rm": 0.6, "dpo": 1.0, "ppo": 5.0}
-STAGE_SETUP = {"pretrain": 5, "sft": 4, "rm": 4, "dpo": 15, "ppo": 4}
+STEP_COST = {"pretrain": 1.0, "sft": 0.12, "rm": 0.15, "dpo": 0.2, "ppo": 0.5}
+STAGE_SETUP = {"pretrain": 8, "sft": 4, "rm": 4, "dpo": 6, "ppo": 4}
 FIXED_STEPS = 12  # preference pairs, policy comparison, report
 BATCH = 16
+SFT_VAL_FRACTION = 0.1
 # The report calls the chatbot degenerate below these shares of the held-out prompts.
 MIN_DISTINCT, MIN_ON_TOPIC = 0.75, 0.5
 STAGES = ("pretrain", "sft", "rm", "dpo", "ppo")
@@ -231,7 +232,7 @@ class Demo:
         pairs = make_pairs(conversations, seed=self.seed)
         self.plan(conversations, len(pairs))
         if not self.base:
-            self.pretrain()
+            self.pretrain(conversations)
         self.sft(conversations)
         self.write_pairs(pairs)
         self.reward_model(pairs)
@@ -248,12 +249,20 @@ class Demo:
         return read_conversations(self.data.qa)
 
     # -- stages --------------------------------------------------------------------------------
-    def pretrain(self) -> None:
+    def pretrain(self, conversations) -> None:
+        """The tiny GPT learns Korean from the text files and from the chat pairs SFT will train on
+        (their questions and answers as plain text: in-domain text, the way a chatbot's base is
+        continued on its domain); SFT's validation pairs stay unseen."""
         from .train.pretrain import pretrain
+        from .train.sft import holdout_split
 
-        self._stage("pretrain", f"tokenizer + tiny GPT on {', '.join(p.name for p in self.data.text)}")
+        self._stage("pretrain", f"tokenizer + tiny GPT on {', '.join(p.name for p in self.data.text)} "
+                                f"and the chat pairs' text")
+        chat_text = self.out / "chat_text.txt"
+        train, _ = holdout_split(conversations, SFT_VAL_FRACTION, self.seed)
+        chat_text.write_text("".join(" ".join(m["content"] for m in c) + "\n" for c in train), encoding="utf-8")
         cfg = self._train_config("pretrain", lr=1e-3, log_every=10)
-        summary = pretrain([str(p) for p in self.data.text], cfg.out, cfg, preset="tiny", max_length=128,
+        summary = pretrain([*map(str, self.data.text), str(chat_text)], cfg.out, cfg, preset="tiny", max_length=128,
                            val_fraction=0.05, overwrite=True)
         final = summary["final"]
         self.result.figures["tokenizer_bytes_per_token"] = summary.get("tokenizer", {}).get("held_out_bytes_per_token")
@@ -271,7 +280,7 @@ class Demo:
         # a few hundred pairs: past ~6 epochs the validation answer loss rises again (memorising)
         cfg = self._train_config("sft", lr=5e-5 if self.base else 5e-4)
         summary = run_sft(self.start_model, conversations, cfg, template_name="default", max_length=128,
-                          val_fraction=0.1, log=self.log)
+                          val_fraction=SFT_VAL_FRACTION, log=self.log)
         self.result.figures["sft_val_answer_loss"] = summary["final"].get("val_loss")
         self.result.figures["sft_steps"] = summary["steps"]
         self.log(f"  validation answer loss {_fmt(summary['final'].get('val_loss'))} nats/token")
@@ -300,8 +309,11 @@ class Demo:
         from .train.dpo import train_dpo
 
         self._stage("dpo", "Direct Preference Optimization against the frozen SFT model")
-        cfg = self._train_config("dpo", lr=2e-5 if self.base else 2e-4)
-        summary = train_dpo(self.out / "sft", pairs, cfg, beta=0.1, max_length=128, val_fraction=0.1, log=self.log)
+        # the RPO term (DPO + the chosen answers' cross-entropy) keeps the small model writing real
+        # answers; plain DPO drifts away from both answers of a pair into text SFT never wrote
+        cfg = self._train_config("dpo", lr=2e-5 if self.base else 1e-4)
+        summary = train_dpo(self.out / "sft", pairs, cfg, beta=0.1, rpo_alpha=1.0, max_length=128, val_fraction=0.1,
+                            log=self.log)
         final = summary["final"]
         self.result.figures["dpo_val_accuracy"] = final.get("val_rewards/accuracies")
         self.result.figures["dpo_val_logp_margin"] = final.get("val_logp_margin")

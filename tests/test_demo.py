@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from hangpt.checkpoint import load_checkpoint, save_checkpoint
 from hangpt.cli import cli, main
-from hangpt.demo import Demo, embedded_data
+from hangpt.demo import RECIPE, Demo, embedded_data
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_demo_runs_every_stage(tiny_demo):
 def test_short_budget_is_reported_with_the_command_that_fixes_it(tiny_demo):
     out, summary, log = tiny_demo
     figures = summary["figures"]
-    assert figures["pretrain_steps"] < 400  # scaled down to fit 0.1 minutes
+    assert figures["pretrain_steps"] < RECIPE["pretrain"]["steps"]  # scaled down to fit 0.1 minutes
     report = (out / "report.md").read_text(encoding="utf-8")
     for text in (log, report):
         assert "less training than the demo's quality needs" in text and "pretrain " in text
