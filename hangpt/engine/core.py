@@ -73,7 +73,8 @@ class Engine:
         return self._utf8
 
     def fast_decoder(self) -> FastDecoder | None:
-        """The fused C decoding step, when this model can use it (float32 on a CPU, compiler found)."""
+        """The fused C decoding step, when this model can use it (float32 or bfloat16 weights on a CPU,
+        a C compiler found)."""
         if not (self.fast_decode and FastDecoder.supports(self.model)):
             return None
         if self._fast is None:
