@@ -23,7 +23,7 @@ from hangpt.engine import Engine, GenerationConfig
 from hangpt.models import GPT
 from hangpt.templates import template_for
 from hangpt.train.loop import TrainConfig
-from hangpt.train.sft import holdout_split, run_sft
+from hangpt.train.sft import holdout_split, train_sft
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chatbot_data" / "ChatbotData.csv"
 
@@ -61,7 +61,7 @@ def main() -> None:
                           max_steps=args.max_steps,
                           seed=args.seed, eval_every=200, save_every=10_000, log_every=20)
         t0 = time.perf_counter()
-        summary = run_sft(start, conversations, cfg, template_name="kogpt2", val_fraction=0.1,
+        summary = train_sft(start, conversations, cfg, template_name="kogpt2", val_fraction=0.1,
                           log=lambda m: print(m, file=sys.stderr))
         results[name] = (summary, time.perf_counter() - t0)
         print(f"{name}: val answer loss {summary['final']['val_loss']:.4f} after {summary['steps']} steps "

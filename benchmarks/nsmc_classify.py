@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from hangpt.data.classification import read_labeled_texts
-from hangpt.train.classify import encode_texts, evaluate, label_indices, load_classifier, run_classify_train
+from hangpt.train.classify import encode_texts, evaluate, label_indices, load_classifier, train_classifier
 from hangpt.train.loop import TrainConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsmc"
@@ -71,7 +71,7 @@ def main() -> None:
     cfg = TrainConfig(out=Path(args.out), batch_size=args.batch_size, lr=args.lr, time_budget=args.time_budget,
                       eval_every=2000, save_every=2000, log_every=50)
     t0 = time.perf_counter()
-    summary = run_classify_train(args.model, train.texts, train.labels, cfg, max_length=args.max_length,
+    summary = train_classifier(args.model, train.texts, train.labels, cfg, max_length=args.max_length,
                                  val_fraction=0.01, dropout=args.dropout, lm_coef=args.lm_coef,
                                  log=lambda m: print(m, file=sys.stderr))
     train_s = time.perf_counter() - t0

@@ -42,7 +42,7 @@ def make_sft(work: Path, convs: list, minutes: float, seed: int) -> Path:
     from hangpt.checkpoint import save_checkpoint
     from hangpt.models import GPT, GPTConfig
     from hangpt.tokenizer import train_tokenizer
-    from hangpt.train.sft import run_sft
+    from hangpt.train.sft import train_sft
 
     texts = [m["content"] for c in convs for m in c]
     tok = train_tokenizer(iter(texts), vocab_size=3000)
@@ -50,7 +50,7 @@ def make_sft(work: Path, convs: list, minutes: float, seed: int) -> Path:
     cfg = GPTConfig(vocab_size=tok.vocab_size, n_positions=96, n_embd=128, n_layer=4, n_head=4,
                     bos_token_id=tok.eos_id, eos_token_id=tok.eos_id)
     save_checkpoint(work / "base", GPT(cfg), tok, {"stage": "pretrain"})
-    run_sft(work / "base", convs, train_config(work / "sft", minutes, 32, 1e-3, seed), template_name="default",
+    train_sft(work / "base", convs, train_config(work / "sft", minutes, 32, 1e-3, seed), template_name="default",
             max_length=96, val_fraction=0.0, log=log)
     return work / "sft"
 

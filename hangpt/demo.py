@@ -274,12 +274,12 @@ class Demo:
         self._stage_done()
 
     def sft(self, conversations) -> None:
-        from .train.sft import run_sft
+        from .train.sft import train_sft
 
         self._stage("sft", f"chatbot fine-tuning on {len(conversations)} Q/A pairs ({self.data.qa.name})")
         # a few hundred pairs: past ~6 epochs the validation answer loss rises again (memorising)
         cfg = self._train_config("sft", lr=5e-5 if self.base else 5e-4)
-        summary = run_sft(self.start_model, conversations, cfg, template_name="default", max_length=128,
+        summary = train_sft(self.start_model, conversations, cfg, template_name="default", max_length=128,
                           val_fraction=SFT_VAL_FRACTION, log=self.log)
         self.result.figures["sft_val_answer_loss"] = summary["final"].get("val_loss")
         self.result.figures["sft_steps"] = summary["steps"]

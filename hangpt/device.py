@@ -43,3 +43,15 @@ def use_device(name: str) -> torch.device:
 def current_device() -> torch.device:
     """The device chosen with use_device (auto when none was)."""
     return resolve_device(_chosen)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world_size); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), world
+    return 0, 1

@@ -1,13 +1,15 @@
-"""matplotlib without a display, with Hangul drawn when a Korean font is installed.
+"""Every picture hangpt draws goes through here: matplotlib without a display, with Hangul drawn
+when a Korean font is installed, and the training curves each stage saves beside its checkpoint.
 
-Shared by the attention heatmaps (inspect) and the NLP pictures (frequencies, word clouds, word2vec
-projections). Without a Korean font Hangul would come out as empty boxes, so labels are shown as
+Shared by the training stages (loss and reward curves), the attention heatmaps (inspect) and the
+NLP pictures (frequencies, word clouds, word2vec projections). Without a Korean font Hangul would come out as empty boxes, so labels are shown as
 escapes instead, and the caller can tell the user how to get one (FONT_HINT).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import warnings
 from functools import cache
 from pathlib import Path
@@ -76,3 +78,46 @@ def save_figure(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def loss_curve_png(history: list[dict], title: str, ylabel: str = "loss (nats/token)") -> bytes:
+    """A PNG of training (and validation) loss against step."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", linewidth=1.5, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if train or val:  # nothing logged yet when a run stops in its first steps
+        ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def reward_curve_png(history: list[dict], title: str) -> bytes:
+    """Mean reward and KL to the reference against step, one panel each."""
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=100, sharex=True)
+    steps = [h["step"] for h in history]
+    top.plot(steps, [h["reward"] for h in history], linewidth=1)
+    top.set_ylabel("mean reward")
+    bottom.plot(steps, [h["kl"] for h in history], color="tab:red", linewidth=1)
+    bottom.set_ylabel("KL to reference")
+    bottom.set_xlabel("step")
+    top.set_title(title)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

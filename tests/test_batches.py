@@ -2,7 +2,7 @@
 
 import random
 
-from hangpt.train.loop import ShuffledBatches
+from hangpt.data.batches import ShuffledBatches
 
 
 def lengths_of(n, seed=0):

@@ -113,11 +113,11 @@ PLAIN = ["날씨가 정말 좋다.", "영화를 봤다.", "김치찌개를 먹�
 def sft_both_styles(tiny_checkpoint, tmp_path_factory):
     """The tiny model fine-tuned on answers that end in 요. or in 다., half each."""
     from hangpt.train.loop import TrainConfig
-    from hangpt.train.sft import run_sft
+    from hangpt.train.sft import train_sft
 
     out = tmp_path_factory.mktemp("grpo") / "sft"
     convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q in QUESTIONS for a in POLITE + PLAIN]
-    run_sft(tiny_checkpoint, convs, TrainConfig(out=out, batch_size=16, lr=3e-3, max_steps=60, progress=False,
+    train_sft(tiny_checkpoint, convs, TrainConfig(out=out, batch_size=16, lr=3e-3, max_steps=60, progress=False,
                                                 save_every=1000, log_every=1000, seed=0), log=lambda *a: None)
     return out
 

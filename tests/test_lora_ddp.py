@@ -24,7 +24,7 @@ from test_lora import _qa_file, _run
 RECORDING_LAUNCHER = """
 import json, os, sys
 from hangpt.cli import main
-from hangpt.train.loop import ShuffledBatches
+from hangpt.data.batches import ShuffledBatches
 
 record, seen, take = sys.argv.pop(1), [], ShuffledBatches.next_indices
 ShuffledBatches.next_indices = lambda self: seen.append(take(self)) or seen[-1]
@@ -38,7 +38,7 @@ finally:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun's CPU backend")
 def test_torchrun_lora_sft_splits_each_batch_and_equals_single_process(tmp_path, tiny_checkpoint, monkeypatch):
-    from hangpt.train.loop import ShuffledBatches
+    from hangpt.data.batches import ShuffledBatches
 
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun is not on PATH")
     data = tmp_path / "qa.csv"

@@ -31,14 +31,14 @@ def sft(model, data, out, template, question_column, answer_column, loss, as_jso
 
     Defaults: 3 epochs, batch 16, lr 3e-4, --max-length the model's context, 10% held out."""
     from ..data.conversations import read_conversations
-    from ..train.sft import run_sft
+    from ..train.sft import train_sft
 
     require_model(model, opts["resume"])
     conversations = read_conversations(data, question_column=question_column, answer_column=answer_column)
     log(f"{len(conversations)} conversations from {data}{conversations.skipped_note()}")
     cfg = train_config(out, opts, batch_size=16, lr=3e-4, default_epochs=3)
     val_fraction = 0.1 if opts["val_fraction"] is None else opts["val_fraction"]
-    summary = run_sft(model, conversations, cfg, template_name=template, max_length=opts["max_length"],
+    summary = train_sft(model, conversations, cfg, template_name=template, max_length=opts["max_length"],
                       val_fraction=val_fraction, loss=loss, log=log)
     if as_json:
         print_json({"out": out, **summary})
@@ -161,7 +161,7 @@ def classify_train(model, data, out, text_column, label_column, dropout, lm_coef
     Defaults: 1 epoch, batch 32, lr 2e-4, --max-length 128, 5% held out; GPT-1's recipe of
     dropout 0.1 and an auxiliary language-modelling loss weighted 0.5."""
     from ..data.classification import read_labeled_texts
-    from ..train.classify import run_classify_train
+    from ..train.classify import train_classifier
 
     require_model(model, opts["resume"])
     rows = read_labeled_texts(data, text_column=text_column, label_column=label_column)
@@ -169,7 +169,7 @@ def classify_train(model, data, out, text_column, label_column, dropout, lm_coef
          + (f" ({rows.skipped_empty} rows with an empty text skipped)" if rows.skipped_empty else ""))
     cfg = train_config(out, opts, batch_size=32, lr=2e-4, default_epochs=1)
     val_fraction = 0.05 if opts["val_fraction"] is None else opts["val_fraction"]
-    summary = run_classify_train(model, rows.texts, rows.labels, cfg, max_length=opts["max_length"] or 128,
+    summary = train_classifier(model, rows.texts, rows.labels, cfg, max_length=opts["max_length"] or 128,
                                  val_fraction=val_fraction, dropout=dropout, lm_coef=lm_coef, log=log)
     summary["skipped_empty"] = rows.skipped_empty
     if as_json:

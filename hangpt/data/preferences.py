@@ -110,16 +110,6 @@ def encode_answer(template: ChatTemplate, tokenizer, prompt: str | list[dict], a
     return ids, mask
 
 
-def pad_batch(rows: list[list[int]], value: int):
-    """Right-pad lists of ints into one LongTensor (B, longest)."""
-    import torch
-
-    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
-
-
 def chat_template(ckpt) -> ChatTemplate:
     """The checkpoint's chat template; a model without one gets "default" and its role tokens."""
     template = template_for(ckpt.meta, ckpt.tokenizer)

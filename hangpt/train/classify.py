@@ -16,9 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..data.batches import ShuffledBatches, pad_batch
 from ..errors import InputError
 from ..models import CausalLM
-from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, resume_state, seed_everything
+from .loop import TrainConfig, Trainer, apply_lora, device, resume_state, seed_everything
 from .losses import next_token_loss
 from .sft import holdout_split
 
@@ -89,11 +90,7 @@ def label_indices(labels: list[str], known: list[str], where: str) -> list[int]:
 
 
 def collate(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(s) for s in seqs])
-    ids = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s)
-    return ids, lengths
+    return pad_batch(seqs, pad_id), torch.tensor([len(s) for s in seqs])
 
 
 @torch.no_grad()
@@ -139,7 +136,7 @@ def save_classifier(out: Path, clf: SequenceClassifier, tokenizer, labels: list[
                     **kwargs)
 
 
-def run_classify_train(model_dir: str | Path, texts: list[str], labels: list[str], cfg: TrainConfig, *,
+def train_classifier(model_dir: str | Path, texts: list[str], labels: list[str], cfg: TrainConfig, *,
                        max_length: int = 128, val_fraction: float = 0.05, eval_batch_size: int = 128,
                        dropout: float | None = None, lm_coef: float = 0.0, log=print) -> dict:
     """Train GPT + head on (text, label) pairs and save to cfg.out; returns the training summary.

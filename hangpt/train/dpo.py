@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_checkpoint
+from ..data.batches import ShuffledBatches
 from ..data.preferences import PreferencePair, chat_template
 from ..errors import InputError
 from ..models.lora import adapters_disabled, has_lora
-from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, load_reference, open_run
+from .loop import TrainConfig, Trainer, apply_lora, device, load_reference, open_run
 from .losses import dpo_loss, token_logprobs
 from .reward import PairExample, collate_pairs, encode_pairs, pair_length
 from .sft import holdout_split

@@ -14,11 +14,12 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..data.preferences import PreferencePair, chat_template, encode_answer, pad_batch
+from ..data.batches import ShuffledBatches, pad_batch
+from ..data.preferences import PreferencePair, chat_template, encode_answer
 from ..errors import InputError
 from ..templates import ChatTemplate, template_for
 from ..tokenizer import PAD
-from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, resume_state, seed_everything
+from .loop import TrainConfig, Trainer, apply_lora, device, resume_state, seed_everything
 from .losses import pairwise_reward_loss
 from .sft import holdout_split
 

@@ -19,10 +19,12 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import save_checkpoint
+from ..data.batches import ShuffledBatches
 from ..data.preferences import chat_template
 from ..errors import InputError
+from ..plotting import reward_curve_png
 from ..models.lora import adapters_disabled, has_lora
-from .loop import (ResumableRun, ShuffledBatches, StepBoundaryStop, TrainConfig, apply_lora, checkpoint_blocks, device,
+from .loop import (ResumableRun, StepBoundaryStop, TrainConfig, apply_lora, checkpoint_blocks, device,
                    load_reference, make_optimizer, open_run)
 from .losses import token_logprobs
 from .rewards import ScoreFn
@@ -244,25 +246,3 @@ class RolloutRun(ResumableRun):
             if self.step % self.cfg.save_every == 0 and self.progress() < 1.0:
                 self._save(final=False)
             self.stop_if_requested(stop, bar)
-
-
-def reward_curve_png(history: list[dict], title: str) -> bytes:
-    """Mean reward and KL to the reference against step, one panel each."""
-    from ..plotting import pyplot
-
-    plt = pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), dpi=100, sharex=True)
-    steps = [h["step"] for h in history]
-    top.plot(steps, [h["reward"] for h in history], linewidth=1)
-    top.set_ylabel("mean reward")
-    bottom.plot(steps, [h["kl"] for h in history], color="tab:red", linewidth=1)
-    bottom.set_ylabel("KL to reference")
-    bottom.set_xlabel("step")
-    top.set_title(title)
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()

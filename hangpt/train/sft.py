@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_checkpoint
+from ..data.batches import ShuffledBatches, pad_batch
 from ..templates import IGNORE_INDEX, ChatTemplate, prepare_tokenizer, template_for
-from .loop import ShuffledBatches, TrainConfig, Trainer, apply_lora, device, open_run
+from .loop import TrainConfig, Trainer, apply_lora, device, open_run
 from .losses import next_token_loss
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
@@ -71,13 +72,7 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
     so the causal mask alone already stops real tokens from attending to pads (the pads' own
     outputs are never used), and the model keeps SDPA's fast is_causal path.
     """
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    for row, (x, y) in enumerate(examples):
-        ids[row, : len(x)] = torch.tensor(x)
-        labels[row, : len(y)] = torch.tensor(y)
-    return ids, labels
+    return pad_batch([x for x, _ in examples], pad_id), pad_batch([y for _, y in examples], IGNORE_INDEX)
 
 
 def answer_loss(model, ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> tuple[torch.Tensor, int]:
@@ -100,7 +95,7 @@ def validation_loss(model, examples: list[Example], pad_id: int, batch_size: int
     return total / max(count, 1)
 
 
-def run_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainConfig, *,
+def train_sft(model_dir: str | Path, conversations: list[list[dict]], cfg: TrainConfig, *,
             template_name: str | None = None, max_length: int | None = None, val_fraction: float = 0.1,
             loss: str = "answer", log=print) -> dict:
     """Fine-tune the checkpoint in `model_dir` (or continue the run in cfg.out with cfg.resume) and
