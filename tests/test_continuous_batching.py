@@ -1,8 +1,11 @@
 """Continuous batching (engine/session.py, serve/batcher.py): rows that join a running batch mid-decode
-and leave it get exactly the tokens they get alone (greedy and seeded sampling, penalties, no-repeat
-n-grams, valid UTF-8, stop strings, log-probabilities, n > 1), for GPT-2 and the Llama family, with
-the C step and with the PyTorch forward; a cancelled row frees its slot; in the server a request sent
-while a long one decodes is answered before the long one ends."""
+(those joining at the same step prefilled together) and leave it get exactly the tokens they get
+alone (greedy and seeded sampling, penalties, no-repeat n-grams, valid UTF-8, stop strings,
+log-probabilities, n > 1), for GPT-2 and the Llama family, with the C step and with the PyTorch
+forward; a prefill shared by equal-length prompts gives each the logits it has alone (to float32
+rounding; bit for bit in the Llama C step); a joiner whose checks or prefill fail fails alone; a
+cancelled row frees its slot; the pool shrinks after a burst; in the server a request sent while a
+long one decodes is answered before the long one ends."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 
 from hangpt.checkpoint import load_checkpoint, save_checkpoint
 from hangpt.engine import Engine, GenerationConfig
+from hangpt.errors import InputError
 from hangpt.engine.session import Session
 from hangpt.models import Llama, LlamaConfig
 from test_serve_support import running_server
@@ -34,7 +38,7 @@ REQUESTS = [  # (prompt, settings), joining in this order
                  max_new_tokens=16, **NO_EOS)),
     ("저는", dict(max_new_tokens=4, logit_bias={5: 3.0}, **NO_EOS)),
 ]
-JOIN_AT = [0, 0, 3, 3, 7, 8, 15]  # the step before which each request joins
+JOIN_AT = [0, 0, 3, 3, 7, 7, 15]  # the step before which each request joins (0 and 7: prompts of one length)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +72,18 @@ def _collect(events, rows: dict) -> None:
         row[3] = e.finish_reason or row[3]
 
 
+def _count_prefills(engine: Engine) -> list[int]:
+    """The number of prompts of each of the engine's prefills from now on."""
+    calls, real = [], engine.prefill
+
+    def prefill(prompts, total):
+        calls.append(len(prompts))
+        return real(prompts, total)
+
+    engine.prefill = prefill
+    return calls
+
+
 def _same(joined: dict, alone: dict) -> None:
     assert joined.keys() == alone.keys()
     for k in alone:
@@ -90,12 +106,14 @@ def test_rows_joining_and_leaving_mid_decode_get_their_tokens_alone(request, fam
         first[i] = len(alone)
         for e in engine.stream(prompt, config):
             _collect([e], alone.setdefault(i, {}))
+    prefills = _count_prefills(engine)
     with torch.no_grad():
         session, joined, owner, step = engine.session(), {}, {}, 0
         sizes = []
         while step <= max(JOIN_AT) or session:
-            for i in [i for i, at in enumerate(JOIN_AT) if at == step]:
-                for k, index in enumerate(session.add(*configs[i])):
+            joining = [i for i, at in enumerate(JOIN_AT) if at == step]
+            for i, indices in zip(joining, session.add_many([configs[i] for i in joining])):
+                for k, index in enumerate(indices):
                     owner[index] = (i, k)
             sizes.append(len(session))
             events = session.step()
@@ -104,6 +122,7 @@ def test_rows_joining_and_leaving_mid_decode_get_their_tokens_alone(request, fam
                 _collect([replace(e, index=k)], joined.setdefault(i, {}))
             step += 1
     assert max(sizes) >= 4 and any(b < a for a, b in zip(sizes, sizes[1:]))  # rows left while others went on
+    assert prefills.count(2) == 2 and len(prefills) == len(REQUESTS) - 2  # steps 0 and 7: one prefill each
     for i in alone:
         _same(joined[i], alone[i])
     assert alone[2][0][2] and len(alone[5]) == 2  # log-probabilities and n = 2 were exercised
@@ -143,6 +162,89 @@ def test_a_cancelled_row_frees_its_slot_for_the_next_request(request):
         while session:
             got += [t for e in session.step() if e.index == keep for t in e.token_ids]
     assert got == alone
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["c-step", "pytorch"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_prefill_shared_by_prompts_of_one_length_gives_each_its_logits_alone(request, family, fast):
+    """The tolerance Session.add_many documents: float32 rounding (the matmuls may sum in another
+    order for more rows), none at all in the Llama C step."""
+    engine = _engine(request, family, fast)
+    if fast and engine.fast_decoder() is None:
+        pytest.skip("no C compiler here: the engine uses the PyTorch forward")
+    prompts = ["오늘", "저는", "봄", "친구와", "오늘"]  # three tokens each
+    configs = [GenerationConfig(**NO_EOS)] * len(prompts)
+    configs[1] = GenerationConfig(do_sample=True, seed=1, num_return_sequences=2, **NO_EOS)
+    prefills = _count_prefills(engine)
+
+    def state(session):  # every row's next-token logits, keys and values
+        return session.logits, session.cache.k[:, : len(session), :, :3], session.cache.v[:, : len(session), :, :3]
+
+    with torch.no_grad():
+        together = engine.session()
+        together.add_many(list(zip(prompts, configs)))
+        assert prefills == [len(prompts)]
+        alone = [engine.session() for _ in prompts]
+        for session, prompt, config in zip(alone, prompts, configs):
+            session.add(prompt, config)
+        for got, want in zip(state(together), zip(*map(state, alone))):
+            want = torch.cat(want, dim=0 if got.dim() == 2 else 1)
+            if family == "llama" and fast:
+                assert torch.equal(got, want)
+            else:
+                torch.testing.assert_close(got, want)  # float32: rtol 1.3e-6, atol 1e-5
+
+
+def test_a_joiner_whose_checks_or_prefill_fail_fails_alone(request):
+    engine = _engine(request, "gpt2", True)
+    poison = engine.encode("봄")
+    real = engine.prefill
+
+    def prefill(prompts, total):  # a stand-in for any error inside the engine
+        if poison in prompts:
+            raise RuntimeError("boom")
+        return real(prompts, total)
+
+    engine.prefill = prefill
+    config = GenerationConfig(do_sample=True, seed=3, max_new_tokens=12, **NO_EOS)
+    requests = [("오늘", config), ("봄", config), ("저는", config), ("오늘", GenerationConfig(logit_bias={10**6: 1.0})),
+                ("친구와", replace(config, seed=4))]  # three tokens each
+    with torch.no_grad():
+        session = engine.session()
+        joined = session.add_many(requests)
+        assert [type(j) for j in joined] == [list, RuntimeError, list, InputError, list]
+        assert "logit_bias" in str(joined[3])
+        got = {}
+        while session:
+            _collect(session.step(), got)
+    for (prompt, config), indices in zip(requests, joined):
+        if isinstance(indices, list):
+            alone = {}
+            _collect(engine.stream(prompt, config), alone)
+            assert got[indices[0]][:2] == alone[0][:2]
+
+
+def test_the_pool_shrinks_after_a_burst(request):
+    engine = _engine(request, "gpt2", True)
+    short, long = GenerationConfig(max_new_tokens=3, **NO_EOS), GenerationConfig(max_new_tokens=30, **NO_EOS)
+    alone = {}
+    _collect(engine.stream("오늘 날씨가", long), alone)
+    with torch.no_grad():
+        session = engine.session()
+        session.add_many([("저는", short)] * 16 + [("오늘 날씨가", long)])
+        assert session.cache.k.shape[1] == 17
+        got, steps = {}, 0
+        while len(session) > 1:
+            _collect(session.step(), got)
+            steps += 1
+        assert steps == 3 and session.cache.k.shape[1] == 2  # two slots for the one row left...
+        assert session.cache.max_length == 4 + 30 - 1  # ...with the positions it needs
+        while session:
+            _collect(session.step(), got)
+        assert session.cache is None  # nothing held between bursts
+        session.add("봄", short)  # and the next one starts afresh
+        assert session.cache.k.shape[1] == 1
+    assert got[16][:2] == alone[0][:2]
 
 
 @pytest.fixture

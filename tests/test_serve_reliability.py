@@ -26,12 +26,11 @@ def server(tiny_checkpoint, tmp_path_factory):
     """A server whose engine fails, before decoding anything, every request with BOOM_SEED as it
     joins the running batch (a stand-in for any error inside the engine), and decodes slowly enough
     to be left mid-answer."""
-    real_add, real_step = Session.add, Session.step
+    real_add_many, real_step = Session.add_many, Session.step
 
-    def add(self, prompt, config, generator=None):
-        if config.seed == BOOM_SEED:
-            raise RuntimeError("boom")
-        return real_add(self, prompt, config, generator)
+    def add_many(self, requests, generator=None):
+        joined = iter(real_add_many(self, [r for r in requests if r[1].seed != BOOM_SEED], generator))
+        return [RuntimeError("boom") if config.seed == BOOM_SEED else next(joined) for _, config in requests]
 
     def step(self):
         if getattr(Engine, "slow", False):
@@ -40,7 +39,7 @@ def server(tiny_checkpoint, tmp_path_factory):
 
     db = tmp_path_factory.mktemp("serve") / "feedback.sqlite"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Session, "add", add)
+        mp.setattr(Session, "add_many", add_many)
         mp.setattr(Session, "step", step)
         with running_server(tiny_checkpoint, feedback_db=db, max_tokens_limit=100) as url:
             yield url

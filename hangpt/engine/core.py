@@ -96,8 +96,10 @@ class Engine:
         with evaluating(self.model):
             session = self._session([(p, config) for p in ids], stream=False)
             owner = {}
-            for i, p in enumerate(ids):
-                owner.update(dict.fromkeys(session.add(p, config, shared), i))
+            for i, joined in enumerate(session.add_many([(p, config) for p in ids], shared)):
+                if isinstance(joined, Exception):
+                    raise joined
+                owner.update(dict.fromkeys(joined, i))
             while session:
                 for row in session.step():
                     text = row.text.final_text(row.ids)
@@ -143,8 +145,10 @@ class Engine:
         with evaluating(self.model):
             session = self._session(plain, stream=True)
             number = {}  # session row -> row index in this call
-            for (ids, config), first in zip(plain, numbers):
-                number.update({index: first + k for k, index in enumerate(session.add(ids, config))})
+            for joined, first in zip(session.add_many(plain), numbers):
+                if isinstance(joined, Exception):
+                    raise joined
+                number.update({index: first + k for k, index in enumerate(joined)})
             while session:
                 if is_cancelled is not None:
                     for row in [r for r in session.rows if is_cancelled(number[r.index])]:

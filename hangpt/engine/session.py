@@ -1,12 +1,14 @@
 """Continuous batching: requests join a running batch at any step and leave it the moment they end.
 
-The rows live in a pool of KV-cache slots, each row with its own length. A new request is prefilled
-on its own, exactly as it would be alone, and its keys and values are copied into a free slot (no
-other row is touched); each step then feeds one token per row at that row's own position (the C
-step takes per-row positions; the PyTorch forward writes per row through KVCache.with_slots). A
-finished or cancelled row leaves at once: the last row moves into its slot, so the rows stay in
-slots 0..n-1 and a step never computes an empty slot. Every row samples from its own generator as
-it would alone (Processor.sample), so a request gets the same tokens whatever shares its batch.
+The rows live in a pool of KV-cache slots, each row with its own length. Requests joining at the
+same step are prefilled apart from the running rows, those with prompts of equal length together
+(add_many), and their keys and values are copied into free slots (no other row is touched); each
+step then feeds one token per row at that row's own position (the C step takes per-row positions;
+the PyTorch forward writes per row through KVCache.with_slots). A finished or cancelled row leaves
+at once: the last row moves into its slot, so the rows stay in slots 0..n-1 and a step never
+computes an empty slot; a pool left mostly empty after a burst shrinks. Every row samples from its
+own generator as it would alone (Processor.sample), so a request gets the same tokens whatever
+shares its batch.
 
 Engine.generate and Engine.stream_batch are sessions whose requests all join at the first step;
 the server (serve/batcher.py) adds requests as they arrive.
@@ -21,6 +23,7 @@ import torch
 
 from ..models import KVCache
 from .config import GenerationConfig, StreamEvent
+from .fast import PREFILL_TOKENS
 from .processors import Processor
 from .text import TextStream, complete_prefix, ids_before
 
@@ -31,6 +34,7 @@ class Row:
     config: GenerationConfig
     eos: set[int]
     max_new: int
+    end: int  # cache positions the row needs: prompt + max_new - 1
     generator: torch.Generator | None
     text: TextStream
     ids: list[int] = field(default_factory=list)
@@ -60,64 +64,146 @@ class Session:
 
     # -- rows joining and leaving ----------------------------------------------------------------
     def reserve(self, rows: int, columns: int) -> None:
-        """Make room for `rows` rows of `columns` positions (the pool grows by doubling, copying
-        what it holds: a rare event, unlike a join)."""
-        engine, n = self.engine, len(self.rows)
+        """Make room for `rows` rows of `columns` positions (the pool grows by doubling: a rare
+        event, unlike a join)."""
         have_rows, have_cols = (0, 0) if self.cache is None else (self.cache.k.shape[1], self.cache.max_length)
         if rows <= have_rows and columns <= have_cols:
             return
         if rows > have_rows:
             rows = max(rows, 2 * have_rows)
         if columns > have_cols:
-            columns = min(max(columns, 2 * have_cols), engine.model.config.context_length)
-        rows, columns = max(rows, have_rows), max(columns, have_cols)
+            columns = min(max(columns, 2 * have_cols), self.engine.model.config.context_length)
+        self._reallocate(max(rows, have_rows), max(columns, have_cols))
+
+    def _shrink(self) -> None:
+        """After a busy period: a pool with more than four slots per live row is reallocated with
+        two per live row and the columns they need (released when no row is left), so one burst
+        does not hold its memory, nor make every later step copy and scan a mostly empty pool."""
+        n = len(self.rows)
+        if self.cache is None or 4 * n >= self.cache.k.shape[1]:
+            return
+        if not n:
+            self.cache = self.seqs = self.lengths = None
+            return
+        self._reallocate(2 * n, max(r.end for r in self.rows))
+
+    def _reallocate(self, rows: int, columns: int) -> None:
+        """A new pool of rows x columns holding the live rows: only their filled positions are copied."""
+        engine, n = self.engine, len(self.rows)
         cache = KVCache(engine.model.config, rows, columns, dtype=engine.model.lm_head.weight.dtype,
                         device=engine.device)
         seqs = torch.full((rows, columns + 1), engine.vocab_size, dtype=torch.long, device=engine.device)
         lengths = torch.zeros(rows, dtype=torch.long, device=engine.device)
-        if self.cache is not None:
-            cache.k[:, :n, :, :have_cols] = self.cache.k[:, :n]
-            cache.v[:, :n, :, :have_cols] = self.cache.v[:, :n]
-            seqs[:n, : have_cols + 1] = self.seqs[:n]
+        if n:
+            filled = int(self.lengths[:n].max())
+            cache.k[:, :n, :, :filled] = self.cache.k[:, :n, :, :filled]
+            cache.v[:, :n, :, :filled] = self.cache.v[:, :n, :, :filled]
+            seqs[:n, :filled] = self.seqs[:n, :filled]
             lengths[:n] = self.lengths[:n]
         self.cache, self.seqs, self.lengths = cache, seqs, lengths
 
     def add(self, prompt: str | list[int], config: GenerationConfig,
             generator: torch.Generator | None = None) -> list[int]:
-        """Check and prefill one request alone and put its num_return_sequences rows in the batch;
-        returns their indices. generator: shared with other requests (Engine.generate's seed); by
-        default the request's own, from its seed. A bad request raises here, before joining."""
+        """One request joining (see add_many); returns its rows' indices, or raises its error."""
+        [joined] = self.add_many([(prompt, config)], generator)
+        if isinstance(joined, Exception):
+            raise joined
+        return joined
+
+    def add_many(self, requests: list[tuple[str | list[int], GenerationConfig]],
+                 generator: torch.Generator | None = None) -> list[list[int] | Exception]:
+        """Requests joining at the same step: each is checked on its own, and prompts of equal
+        length are prefilled together, up to PREFILL_TOKENS tokens a forward (no padding, and the
+        short prompts of a burst in a few C calls instead of one each). Each request's
+        num_return_sequences rows go into the batch in request order. Returns, per request, its
+        rows' indices or the exception that kept it out: a bad request fails alone (a batched
+        prefill that raises is retried one prompt at a time).
+
+        generator: shared by every row (Engine.generate's seed); by default each request's own,
+        from its seed. A row prefilled with others has the keys, values and logits it has alone up
+        to float32 rounding (within torch.testing's rtol 1.3e-6, atol 1e-5: GPT-2's C matmul and
+        PyTorch's sum in an order that depends on the number of rows; the Llama C step's does not,
+        and is bit-identical), as a decoding step shared with other rows already is."""
         engine = self.engine
-        engine.check(config)
-        prompt = engine.encode(prompt)
-        P, n = len(prompt), config.num_return_sequences
-        max_new = min(config.max_new_tokens, engine.model.config.context_length - P + 1)
-        batch, logits = engine.prefill([prompt], P)
-        self.reserve(len(self.rows) + n, P + max_new - 1)
-        if generator is None and config.seed is not None:
-            generator = torch.Generator(device=engine.device).manual_seed(config.seed)
-        first = len(self.rows)
-        slots = torch.arange(first, first + n, device=engine.device)
-        self.cache.k[:, first : first + n, :, :P] = batch.cache.k[:, :1, :, :P]
-        self.cache.v[:, first : first + n, :, :P] = batch.cache.v[:, :1, :, :P]
-        self.seqs[slots, :P] = torch.tensor(prompt, device=engine.device)
-        self.lengths[slots] = P
+        results: list[list[int] | Exception | None] = [None] * len(requests)
+        prompts: dict[int, list[int]] = {}
+        for i, (prompt, config) in enumerate(requests):
+            try:
+                engine.check(config)
+                prompts[i] = engine.encode(prompt)
+            except Exception as e:
+                results[i] = e
+        prefilled = {}  # request -> (its prefill's cache, its row there, its logits, its greedy token)
+        by_length: dict[int, list[int]] = {}
+        for i, ids in prompts.items():
+            by_length.setdefault(len(ids), []).append(i)
+        for P, members in by_length.items():
+            per_forward = max(1, PREFILL_TOKENS // P)
+            for k in range(0, len(members), per_forward):
+                chunk = members[k : k + per_forward]
+                try:
+                    prefilled.update(self._prefill(chunk, [prompts[i] for i in chunk]))
+                except Exception as e:
+                    if len(chunk) == 1:
+                        results[chunk[0]] = e
+                        continue
+                    for i in chunk:  # find the bad one: the others still join
+                        try:
+                            prefilled.update(self._prefill([i], [prompts[i]]))
+                        except Exception as error:
+                            results[i] = error
+        joining = [i for i in range(len(requests)) if i in prefilled]
+        if joining:
+            self._place([(prompts[i], requests[i][1], prefilled[i]) for i in joining], generator)
+            first = len(self.rows) - sum(requests[i][1].num_return_sequences for i in joining)
+            for i in joining:
+                n = requests[i][1].num_return_sequences
+                results[i] = [r.index for r in self.rows[first : first + n]]
+                first += n
+        return results
+
+    def _prefill(self, members: list[int], prompts: list[list[int]]) -> dict:
+        """Prefill prompts of one length in one forward: member -> (cache, row, logits, greedy)."""
+        batch, logits = self.engine.prefill(prompts, len(prompts[0]))
         greedy = batch.greedy[1] if batch.greedy is not None else logits.argmax(dim=-1)
-        self.logits = logits.expand(n, -1) if self.logits is None else torch.cat([self.logits, logits.expand(n, -1)])
-        self.greedy = greedy.expand(n) if self.greedy is None else torch.cat([self.greedy, greedy.expand(n)])
-        utf8 = engine.utf8_mask() if config.valid_utf8 else None
-        joining = Processor([config] * n, engine.vocab_size, engine.device, utf8)
+        return {i: (batch.cache, b, logits[b], greedy[b]) for b, i in enumerate(members)}
+
+    def _place(self, joining: list, generator: torch.Generator | None) -> None:
+        """Put prefilled requests (prompt, config, (cache, row, logits, greedy)) into free slots,
+        num_return_sequences rows each: only their own keys and values are copied."""
+        engine = self.engine
+        n_ctx = engine.model.config.context_length
+        ends = [len(p) + min(c.max_new_tokens, n_ctx - len(p) + 1) - 1 for p, c, _ in joining]
+        self.reserve(len(self.rows) + sum(c.num_return_sequences for _, c, _ in joining), max(ends))
+        logits, greedy, configs = [], [], []
+        for (prompt, config, (cache, b, row_logits, row_greedy)), end in zip(joining, ends):
+            P, n, first = len(prompt), config.num_return_sequences, len(self.rows)
+            slots = torch.arange(first, first + n, device=engine.device)
+            self.cache.k[:, first : first + n, :, :P] = cache.k[:, b : b + 1, :, :P]
+            self.cache.v[:, first : first + n, :, :P] = cache.v[:, b : b + 1, :, :P]
+            self.seqs[slots, :P] = torch.tensor(prompt, device=engine.device)
+            self.lengths[slots] = P
+            logits += [row_logits] * n
+            greedy += [row_greedy] * n
+            configs += [config] * n
+            row_generator = generator
+            if row_generator is None and config.seed is not None:
+                row_generator = torch.Generator(device=engine.device).manual_seed(config.seed)
+            eos = set(config.eos_ids(engine.model.config.eos_token_id))
+            for _ in range(n):
+                self.rows.append(Row(
+                    index=self._next_index, config=config, eos=eos, max_new=end - P + 1, end=end, generator=row_generator,
+                    text=TextStream(engine.tokenizer, config.stop), logprobs=[] if config.logprobs is not None else None))
+                self._next_index += 1
+        logits, greedy = torch.stack(logits), torch.stack(greedy)
+        self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
+        self.greedy = greedy if self.greedy is None else torch.cat([self.greedy, greedy])
+        utf8 = engine.utf8_mask() if any(c.valid_utf8 for c in configs) else None
+        joined = Processor(configs, engine.vocab_size, engine.device, utf8)
         if self.proc is None:
-            self.proc = joining
+            self.proc = joined
         else:
-            self.proc.extend(joining)
-        for _ in range(n):
-            self.rows.append(Row(
-                index=self._next_index, config=config, eos=set(config.eos_ids(engine.model.config.eos_token_id)),
-                max_new=max_new, generator=generator, text=TextStream(engine.tokenizer, config.stop),
-                logprobs=[] if config.logprobs is not None else None))
-            self._next_index += 1
-        return [r.index for r in self.rows[first:]]
+            self.proc.extend(joined)
 
     def cancel(self, index: int) -> None:
         """Drop a row (its client went away); nothing more is reported for it."""
@@ -141,6 +227,7 @@ class Session:
             self.seqs[hole] = self.seqs[src]
             self.lengths[hole] = self.lengths[src]
         self.rows = [self.rows[i] for i in order]
+        self._shrink()
         if not self.rows:
             self.proc = self.logits = self.greedy = None
             return order

@@ -2,10 +2,10 @@
 decodes them and hands each event back to the request's own asyncio queue.
 
 Continuous batching (the default): the worker keeps one engine session (engine/session.py); between
-two decoding steps, waiting jobs join it (prefilled on their own, up to max_batch_size rows) and the
-rows of clients that went away leave, so a request arriving mid-answer gets its first token after
-its own prefill and one step, not after the whole batch. Static batching (for comparison) runs
-`Engine.stream_batch` over whatever is queued, to its end.
+two decoding steps, the jobs waiting join it together (Session.add_many: prompts of equal length in
+one prefill; up to max_batch_size rows) and the rows of clients that went away leave, so a request
+arriving mid-answer gets its first token after its prefill and one step, not after the whole batch.
+Static batching (for comparison) runs `Engine.stream_batch` over whatever is queued, to its end.
 
 Each job is one sequence (the app splits `n` > 1 into n jobs). Beam-search jobs produce all their
 sequences at once through `Engine.generate`, one at a time. A request that cannot be prefilled fails
@@ -121,16 +121,25 @@ class Batcher:
         """One step at a time: waiting jobs join, left ones leave, then every row gets a token."""
         session, rows = self.engine.session(), {}  # session row -> its job
         while not self._stopped:
-            for job in self._admit(wait=not session, free=self.max_batch_size - len(session)):
-                if not session:
-                    self.batches += 1
-                try:
-                    if job.is_beam:
+            taken = self._admit(wait=not session, free=self.max_batch_size - len(session))
+            if taken and not session:
+                self.batches += 1
+            plain = [job for job in taken if not job.is_beam]
+            try:
+                joins = session.add_many([(job.prompt_ids, job.config) for job in plain])
+            except Exception as e:  # no room for them (a bad request alone fails inside add_many)
+                joins = [e] * len(plain)
+            for job, joined in zip(plain, joins):
+                if isinstance(joined, Exception):  # this request alone cannot be decoded
+                    _fail([job], joined)
+                else:
+                    rows.update(dict.fromkeys(joined, job))
+            for job in taken:
+                if job.is_beam:
+                    try:
                         self._beam(job)
-                    else:
-                        rows.update(dict.fromkeys(session.add(job.prompt_ids, job.config), job))
-                except Exception as e:  # this request alone cannot be decoded
-                    _fail([job], e)
+                    except Exception as e:
+                        _fail([job], e)
             for index in [i for i, job in rows.items() if job.ticket.cancelled]:
                 session.cancel(index)
                 del rows[index]
