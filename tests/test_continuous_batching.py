@@ -20,8 +20,8 @@ import torch
 
 from hangpt.checkpoint import load_checkpoint, save_checkpoint
 from hangpt.engine import Engine, GenerationConfig
-from hangpt.errors import InputError
 from hangpt.engine.session import Session
+from hangpt.errors import InputError
 from hangpt.models import Llama, LlamaConfig
 from test_serve_support import running_server
 
@@ -207,8 +207,9 @@ def test_a_joiner_whose_checks_or_prefill_fail_fails_alone(request):
 
     engine.prefill = prefill
     config = GenerationConfig(do_sample=True, seed=3, max_new_tokens=12, **NO_EOS)
-    requests = [("오늘", config), ("봄", config), ("저는", config), ("오늘", GenerationConfig(logit_bias={10**6: 1.0})),
-                ("친구와", replace(config, seed=4))]  # three tokens each
+    out_of_vocabulary = GenerationConfig(logit_bias={10**6: 1.0})
+    requests = [("오늘", config), ("봄", config), ("저는", config), ("오늘", out_of_vocabulary),
+                ("친구와", replace(config, seed=4))]  # three tokens each: one prefill, until it fails
     with torch.no_grad():
         session = engine.session()
         joined = session.add_many(requests)

@@ -154,12 +154,9 @@ class Session:
                             results[i] = error
         joining = [i for i in range(len(requests)) if i in prefilled]
         if joining:
-            self._place([(prompts[i], requests[i][1], prefilled[i]) for i in joining], generator)
-            first = len(self.rows) - sum(requests[i][1].num_return_sequences for i in joining)
-            for i in joining:
-                n = requests[i][1].num_return_sequences
-                results[i] = [r.index for r in self.rows[first : first + n]]
-                first += n
+            placed = self._place([(prompts[i], requests[i][1], prefilled[i]) for i in joining], generator)
+            for i, indices in zip(joining, placed):
+                results[i] = indices
         return results
 
     def _prefill(self, members: list[int], prompts: list[list[int]]) -> dict:
@@ -168,10 +165,12 @@ class Session:
         greedy = batch.greedy[1] if batch.greedy is not None else logits.argmax(dim=-1)
         return {i: (batch.cache, b, logits[b], greedy[b]) for b, i in enumerate(members)}
 
-    def _place(self, joining: list, generator: torch.Generator | None) -> None:
+    def _place(self, joining: list, generator: torch.Generator | None) -> list[list[int]]:
         """Put prefilled requests (prompt, config, (cache, row, logits, greedy)) into free slots,
-        num_return_sequences rows each: only their own keys and values are copied."""
+        num_return_sequences rows each: only their own keys and values are copied. Returns each
+        request's row indices."""
         engine = self.engine
+        placed = []
         n_ctx = engine.model.config.context_length
         ends = [len(p) + min(c.max_new_tokens, n_ctx - len(p) + 1) - 1 for p, c, _ in joining]
         self.reserve(len(self.rows) + sum(c.num_return_sequences for _, c, _ in joining), max(ends))
@@ -192,9 +191,11 @@ class Session:
             eos = set(config.eos_ids(engine.model.config.eos_token_id))
             for _ in range(n):
                 self.rows.append(Row(
-                    index=self._next_index, config=config, eos=eos, max_new=end - P + 1, end=end, generator=row_generator,
-                    text=TextStream(engine.tokenizer, config.stop), logprobs=[] if config.logprobs is not None else None))
+                    index=self._next_index, config=config, eos=eos, max_new=end - P + 1, end=end,
+                    generator=row_generator, text=TextStream(engine.tokenizer, config.stop),
+                    logprobs=[] if config.logprobs is not None else None))
                 self._next_index += 1
+            placed.append([r.index for r in self.rows[first:]])
         logits, greedy = torch.stack(logits), torch.stack(greedy)
         self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
         self.greedy = greedy if self.greedy is None else torch.cat([self.greedy, greedy])
@@ -204,6 +205,7 @@ class Session:
             self.proc = joined
         else:
             self.proc.extend(joined)
+        return placed
 
     def cancel(self, index: int) -> None:
         """Drop a row (its client went away); nothing more is reported for it."""
