@@ -109,19 +109,21 @@ def test_rows_joining_and_leaving_mid_decode_get_their_tokens_alone(request, fam
     prefills = _count_prefills(engine)
     with torch.no_grad():
         session, joined, owner, step = engine.session(), {}, {}, 0
-        sizes = []
+        sizes, pools = [], []
         while step <= max(JOIN_AT) or session:
             joining = [i for i, at in enumerate(JOIN_AT) if at == step]
             for i, indices in zip(joining, session.add_many([configs[i] for i in joining])):
                 for k, index in enumerate(indices):
                     owner[index] = (i, k)
             sizes.append(len(session))
+            pools.append(session.cache.k.shape[1])
             events = session.step()
             for e in events:
                 i, k = owner[e.index]
                 _collect([replace(e, index=k)], joined.setdefault(i, {}))
             step += 1
     assert max(sizes) >= 4 and any(b < a for a, b in zip(sizes, sizes[1:]))  # rows left while others went on
+    assert pools[-1] < max(pools)  # and the pool shrank under the rows still decoding
     assert prefills.count(2) == 2 and len(prefills) == len(REQUESTS) - 2  # steps 0 and 7: one prefill each
     for i in alone:
         _same(joined[i], alone[i])
