@@ -9,15 +9,17 @@ trained on the package's demo text, and measures on each
     first token, errors),
   - 64 staggered: 64 requests arriving evenly over --stagger seconds (a server under steady load).
 Every request streams exactly --max-tokens tokens (the end-of-text token is banned with
-logit_bias), so the runs do the same work. Medians of --repeats runs after a warm-up.
+logit_bias), so the runs do the same work. Medians of --repeats runs after a warm-up; both servers
+run side by side and take turns load by load (the order alternating every repeat), so a machine
+shared with other work slows both alike.
 
     python benchmarks/serve_load.py [--max-tokens 48] [--repeats 3] [--batching both|continuous|static]
 
 Last line: RESULT serve_load ttft_p50_ms=... ttft_p99_ms=... p50_ms=... p99_ms=... tokens_per_s32=...
 errors32=... ttft64_p50_ms=... ttft64_p99_ms=... errors64=... concurrent8_ratio=..., the same with a
-static_ prefix for static batching, and tokens_ratio32 (continuous / static tokens/s, 32 clients)
-(p50/p99: request latency, first byte sent to [DONE]; ttft: to the first text chunk; in the 32-client
-run unless named 64).
+static_ prefix for static batching, and tokens_ratio32 (continuous / static tokens/s, 32 clients:
+the median of the repeats' ratios) (p50/p99: request latency, first byte sent to [DONE]; ttft: to
+the first text chunk; in the 32-client run unless named 64).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -130,11 +133,13 @@ async def run(url: str, n: int, concurrent: bool, max_tokens: int, eos: int, sta
     }
 
 
-def measure(model: Path, batching: str, args, eos: int, tmp: str) -> dict:
-    """Start `hangpt serve --batching BATCHING` and run every load on it; the runs and /health."""
+@contextmanager
+def serving(model: Path, batching: str, args, tmp: str):
+    """`hangpt serve --batching BATCHING` in a subprocess, as a user starts it; yields its URL once
+    /health answers."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(  # the real command, as a user starts it
+    server = subprocess.Popen(
         [sys.executable, "-c", "from hangpt.cli import main; main()", "serve", "--model", str(model),
          "--port", str(port), "--model-name", "bench", "--feedback-db", str(Path(tmp) / f"fb-{batching}.sqlite"),
          "--batching", batching, "--max-batch-size", str(args.max_batch_size)],
@@ -150,18 +155,31 @@ def measure(model: Path, batching: str, args, eos: int, tmp: str) -> dict:
             if server.poll() is not None or time.monotonic() > deadline:
                 sys.exit("the server did not start")
             time.sleep(0.2)
-        asyncio.run(run(url, 4, True, 8, eos))  # warm-up
-        seq, conc8 = [], []
-        for _ in range(args.repeats):
-            seq.append(asyncio.run(run(url, 8, False, args.max_tokens, eos)))
-            conc8.append(asyncio.run(run(url, 8, True, args.max_tokens, eos)))
-        conc32 = asyncio.run(run(url, 32, True, args.max_tokens, eos))
-        stag64 = asyncio.run(run(url, 64, True, args.max_tokens, eos, args.stagger))
-        return {"seq": seq, "conc8": conc8, "conc32": [conc32], "stag64": [stag64],
-                "health": httpx.get(url + "/health").json()}
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def measure(model: Path, modes: list[str], args, eos: int, tmp: str) -> dict:
+    """Every load on a server of each batching mode, the servers taking turns; per mode the runs of
+    each load and /health."""
+    loads = {  # name -> (clients, all at once, seconds over which they arrive)
+        "seq": (8, False, 0.0), "conc8": (8, True, 0.0), "conc32": (32, True, 0.0), "stag64": (64, True, args.stagger),
+    }
+    with ExitStack() as stack:
+        urls = {mode: stack.enter_context(serving(model, mode, args, tmp)) for mode in modes}
+        for url in urls.values():
+            asyncio.run(run(url, 4, True, 8, eos))  # warm-up
+        results = {mode: {name: [] for name in loads} for mode in modes}
+        for repeat in range(args.repeats):
+            for name, (n, concurrent, stagger) in loads.items():
+                for mode in modes if repeat % 2 == 0 else modes[::-1]:
+                    results[mode][name].append(asyncio.run(run(urls[mode], n, concurrent, args.max_tokens, eos,
+                                                               stagger)))
+        for mode, url in urls.items():
+            results[mode]["health"] = httpx.get(url + "/health").json()
+    return results
 
 
 def med(runs: list[dict], key: str) -> float:
@@ -176,7 +194,7 @@ def main() -> None:
     ap.add_argument("--stagger", type=float, default=3.0, help="Seconds over which the 64 staggered requests arrive.")
     ap.add_argument("--max-batch-size", type=int, default=32, help="The servers' --max-batch-size.")
     ap.add_argument("--batching", choices=["both", "continuous", "static"], default="both",
-                    help="Which server batching to measure (both: one after the other, same loads).")
+                    help="Which server batching to measure (both: side by side, taking turns).")
     args = ap.parse_args()
     modes = ["continuous", "static"] if args.batching == "both" else [args.batching]
 
@@ -187,7 +205,7 @@ def main() -> None:
         from hangpt.tokenizer import Tokenizer
 
         eos = Tokenizer.load(model).eos_id
-        results = {mode: measure(model, mode, args, eos, tmp) for mode in modes}
+        results = measure(model, modes, args, eos, tmp)
 
     print(f"{'batching':<12}{'run':<22}{'tokens/s':>10}{'wall s':>9}{'p50 ms':>9}{'p99 ms':>9}{'TTFT p50':>10}"
           f"{'TTFT p99':>10}{'errors':>8}")
@@ -203,16 +221,20 @@ def main() -> None:
     fields = []
     for mode, r in results.items():
         prefix = "" if mode == "continuous" else "static_"
-        c32, s64 = r["conc32"][0], r["stag64"][0]
-        fields += [f"{prefix}ttft_p50_ms={c32['ttft_p50_ms']:.0f}", f"{prefix}ttft_p99_ms={c32['ttft_p99_ms']:.0f}",
-                   f"{prefix}p50_ms={c32['p50_ms']:.0f}", f"{prefix}p99_ms={c32['p99_ms']:.0f}",
-                   f"{prefix}tokens_per_s32={c32['tokens_per_s']:.1f}", f"{prefix}errors32={c32['errors']}",
-                   f"{prefix}ttft64_p50_ms={s64['ttft_p50_ms']:.0f}", f"{prefix}ttft64_p99_ms={s64['ttft_p99_ms']:.0f}",
-                   f"{prefix}errors64={s64['errors']}",
+        c32, s64 = r["conc32"], r["stag64"]
+        fields += [f"{prefix}ttft_p50_ms={med(c32, 'ttft_p50_ms'):.0f}",
+                   f"{prefix}ttft_p99_ms={med(c32, 'ttft_p99_ms'):.0f}",
+                   f"{prefix}p50_ms={med(c32, 'p50_ms'):.0f}", f"{prefix}p99_ms={med(c32, 'p99_ms'):.0f}",
+                   f"{prefix}tokens_per_s32={med(c32, 'tokens_per_s'):.1f}",
+                   f"{prefix}errors32={sum(x['errors'] for x in c32)}",
+                   f"{prefix}ttft64_p50_ms={med(s64, 'ttft_p50_ms'):.0f}",
+                   f"{prefix}ttft64_p99_ms={med(s64, 'ttft_p99_ms'):.0f}",
+                   f"{prefix}errors64={sum(x['errors'] for x in s64)}",
                    f"{prefix}concurrent8_ratio={med(r['conc8'], 'tokens_per_s') / med(r['seq'], 'tokens_per_s'):.2f}"]
     if len(results) == 2:
-        ratio = results["continuous"]["conc32"][0]["tokens_per_s"] / results["static"]["conc32"][0]["tokens_per_s"]
-        fields.append(f"tokens_ratio32={ratio:.2f}")
+        ratios = [c["tokens_per_s"] / s["tokens_per_s"]
+                  for c, s in zip(results["continuous"]["conc32"], results["static"]["conc32"])]
+        fields.append(f"tokens_ratio32={statistics.median(ratios):.2f}")
     print("RESULT serve_load " + " ".join(fields))
 
 
