@@ -44,8 +44,8 @@ class Row:
 
 
 class Session:
-    """The rows being decoded together: add() prefills a request into the batch, step() advances
-    every row by one token, cancel() drops a row. The caller holds the model in eval mode."""
+    """The rows being decoded together: add() / add_many() prefill requests into the batch, step()
+    advances every row by one token, cancel() drops a row. The caller holds the model in eval mode."""
 
     def __init__(self, engine, stream: bool = True):
         """stream=False (Engine.generate): no text is released per step and step() returns the
