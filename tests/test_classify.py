@@ -41,6 +41,25 @@ def test_bad_tsv_names_line(tmp_path, text, message):
         read_labeled_texts(f)
 
 
+def test_tsv_blocks_split_whole_or_row_by_row_read_the_same(tmp_path, monkeypatch):
+    """Blocks of whole rows are split in one call, blocks with a blank line row by row: the same
+    texts either way, and an empty label in a late block is named at its line."""
+    from hangpt.data import text
+
+    rows = [f"{i}\t {'리뷰 ' * (i % 4)}{i} \t{i % 2}" for i in range(200)]
+    rows[50] = rows[120] = "  "
+    f = tmp_path / "r.tsv"
+    f.write_text("id\tdocument\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    expected = [row.split("\t")[1].strip() for row in rows if row.strip()]
+    for block in (1 << 20, 7, 64):  # the last: the late block is whole rows
+        monkeypatch.setattr(text, "BLOCK_BYTES", block)
+        assert read_labeled_texts(f).texts == expected
+    rows[150] = "150\t아무개\t "
+    f.write_text("id\tdocument\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match="line 152: field 'label' is empty"):
+        read_labeled_texts(f)
+
+
 def _sentiment_file(path, n, seed):
     rng = random.Random(seed)
     subjects = ["영화", "배우", "음악", "이야기", "연기"]

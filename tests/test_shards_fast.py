@@ -3,6 +3,7 @@ tokenizer's ids exactly, and steps aside for tokenizers it cannot reproduce."""
 
 from __future__ import annotations
 
+import random
 import unicodedata
 from unittest import mock
 
@@ -44,6 +45,20 @@ def test_fast_encoder_gives_the_hf_ids(tokenizer):
         ids, lengths = shards._encoder(tokenizer)(batch)
         assert np.array_equal(ids, reference(tokenizer, batch))
         assert lengths.tolist() == [1 + len(tokenizer.encode(d)) for d in batch]
+
+
+def test_whitespace_runs_split_as_the_lookahead_does():
+    """tiktoken runs GPT-2's regex without `\\s+(?!\\S)`, a marker ending the text before the last
+    whitespace of a run instead: random runs of every kind of whitespace (and \\x1c, which Python
+    but not Unicode counts as space) next to letters, digits, apostrophes and punctuation."""
+    rng = random.Random(0)
+    alphabet = [" ", " ", "\t", "\u3000", "\xa0", "\x0b", "\x0c", "\r", "\x85", "\u2028", "\x1c",
+                "가", "나다", "a", "é", "1", "٣", "'s", "'", ".", "!", "😀"]
+    docs = ["".join(rng.choices(alphabet, k=rng.randint(0, 12))) for _ in range(3000)]
+    tok = train_tokenizer(iter(docs), vocab_size=600)
+    with mock.patch.object(tok, "encode_batch", side_effect=AssertionError("took the HF path")):
+        ids, lengths = shards._encoder(tok)(docs)
+    assert np.array_equal(ids, reference(tok, docs))
 
 
 def test_shards_identical_with_and_without_the_fast_path(tmp_path, tokenizer):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -99,11 +100,16 @@ def _decode_hint(path: Path, line_no: int, raw: bytes) -> str:
 
 def iter_documents(paths: Iterable[str | Path]) -> Iterator[str]:
     """Each non-empty line of every file, the unit a tokenizer or a token shard is fed."""
+    return chain.from_iterable(iter_document_blocks(paths))
+
+
+def iter_document_blocks(paths: Iterable[str | Path]) -> Iterator[list[str]]:
+    """The documents of `iter_documents` a block of lines at a time (no per-document step)."""
     for path in expand_paths(paths):
         empty = True
         for lines in read_line_blocks(path):
             documents = [line for line in lines if line and not line.isspace()]
             empty = empty and not documents
-            yield from documents
+            yield documents
         if empty:
             raise InputError(f"{path}: file is empty")
