@@ -128,7 +128,8 @@ def test_fused_vocab_cross_entropy_equals_cross_entropy_of_the_head(monkeypatch)
 
     from hangpt.train.losses import LinearCrossEntropy, vocab_cross_entropy
 
-    monkeypatch.setattr(LinearCrossEntropy, "CHUNK_ELEMENTS", 7 * 97)  # 16-row chunks, the last one short
+    monkeypatch.setattr(LinearCrossEntropy, "CHUNK_ELEMENTS", 7 * 97)
+    monkeypatch.setattr(LinearCrossEntropy, "MIN_ROWS", 16)  # 16-row chunks, the last one short
     torch.manual_seed(0)
     for bias in (False, True):
         for reduction in ("mean", "sum"):
