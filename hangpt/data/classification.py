@@ -8,8 +8,6 @@ Rows with an empty text are skipped and counted (NSMC has a few), never silently
 from __future__ import annotations
 
 import csv
-import re
-from functools import cache
 from itertools import chain, compress, repeat
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +74,7 @@ def iter_columns(path: str | Path, text_column: str, label_column: str | None = 
     width, line_no = len(header), 2  # line_no: the line of the block's first row
     for block in chain([first], blocks):
         start, line_no = line_no, line_no + len(block)
-        if block and not is_csv and _rows_pattern(width).fullmatch("\n".join(block)):
+        if block and not is_csv and list(map(str.count, block, repeat("\t"))).count(width - 1) == len(block):
             rows = None  # every line is a row
             cells = "\t".join(block).split("\t")
             texts = list(map(str.strip, cells[ti::width]))
@@ -95,13 +93,6 @@ def iter_columns(path: str | Path, text_column: str, label_column: str | None = 
             kept = [row is not None for row in rows]
             texts, labels = list(compress(texts, kept)), labels and list(compress(labels, kept))
         yield texts, labels
-
-
-@cache
-def _rows_pattern(width: int) -> re.Pattern:
-    """Lines of exactly `width` tab-separated fields, one after another."""
-    row = r"[^\t\n]*" + r"\t[^\t\n]*" * (width - 1)
-    return re.compile(rf"{row}(?:\n{row})*")
 
 
 def _blank_rows_dropped(path: Path, rows: list[list[str]], width: int, start: int) -> list[list[str] | None]:
