@@ -152,6 +152,23 @@ def test_pretrain_from_a_new_tokenizer_and_preset_shape(tmp_path, corpus, monkey
     assert config["n_layer"] == 1 and config["vocab_size"] <= 300
 
 
+def test_vocab_size_sizes_the_new_tokenizer_and_the_model(tmp_path, corpus, monkeypatch):
+    """--vocab-size overrides the preset's vocabulary: the tokenizer trained on the data and the
+    model's embedding follow it; it cannot resize an existing tokenizer."""
+    from hangpt.models import gpt2 as model_module
+
+    monkeypatch.setitem(model_module.PRESETS, "test", dict(vocab_size=2000, n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    out = tmp_path / "run"
+    run_cli("pretrain", "--data", corpus, "--out", out, "--arch", "gpt2", "--preset", "test", "--vocab-size", 320,
+            "--max-steps", 1, "--batch-size", 2, "--no-progress")
+    tokenizer = json.loads((out / "tokenizer.json").read_text())
+    assert 256 < len(tokenizer["model"]["vocab"]) <= 320
+    assert json.loads((out / "config.json").read_text())["vocab_size"] <= 320
+    r = CliRunner().invoke(cli, ["pretrain", "--data", str(corpus), "--out", str(tmp_path / "b"), "--tokenizer", str(out),
+                                 "--vocab-size", "320", "--max-steps", "1", "--no-progress"])
+    assert "--vocab-size sizes a new tokenizer" in str(r.exception)
+
+
 def test_pretrain_refuses_to_clobber_or_resume_wrong_things(tmp_path, corpus, tiny_checkpoint):
     out = tmp_path / "run"
     args = ["pretrain", "--data", str(corpus), "--model", str(tiny_checkpoint), "--out", str(out), "--max-steps", "2",

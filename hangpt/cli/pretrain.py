@@ -24,11 +24,14 @@ _COLUMN_HELP = ("Take this column of TSV/CSV files whose header has it (e.g. `do
 @click.option("--model", "model_dir", default=None, help="Continue pretraining this checkpoint instead of a new model.")
 @click.option("--tokenizer", "tokenizer_dir", default=None,
               help="Tokenizer folder; by default one is trained on the data (vocab size from the preset).")
+@click.option("--vocab-size", type=click.IntRange(min=300), default=None,
+              help="Size of the tokenizer trained on the data (default: the preset's, 8192 for tiny); a small "
+                   "corpus generalises better with a smaller one.")
 @click.option("--text-column", default=None, help=_COLUMN_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
 @click.argument("more_data", nargs=-1, metavar="")
 @training_options
-def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, text_column, overwrite, as_json,
+def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, vocab_size, text_column, overwrite, as_json,
              epochs, max_steps, time_budget, batch_size, grad_accum, lr, max_length, val_fraction, eval_every,
              save_every, seed, resume, bf16, no_progress, **opts):
     """Pretrain a GPT from scratch (or continue one) by next-token prediction on text.
@@ -54,8 +57,8 @@ def pretrain(data, more_data, out, arch, preset, model_dir, tokenizer_dir, text_
         from ..errors import InputError
 
         raise InputError("give --max-steps, --epochs or --time-budget")
-    summary = run([*data, *more_data], out, cfg, preset=preset, arch=arch, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
-                  max_length=max_length, val_fraction=0.02 if val_fraction is None else val_fraction,
+    summary = run([*data, *more_data], out, cfg, preset=preset, arch=arch, model_dir=model_dir,
+                  tokenizer_dir=tokenizer_dir, vocab_size=vocab_size, max_length=max_length, val_fraction=0.02 if val_fraction is None else val_fraction,
                   text_column=text_column, overwrite=overwrite)
     if summary is None:  # a DDP rank other than 0: rank 0 reports
         return

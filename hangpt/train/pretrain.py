@@ -154,6 +154,7 @@ def _pretrain(
     arch: str = "gpt2",
     model_dir: str | None = None,
     tokenizer_dir: str | None = None,
+    vocab_size: int | None = None,
     max_length: int | None = None,
     val_fraction: float = 0.02,
     text_column: str | None = None,
@@ -166,6 +167,8 @@ def _pretrain(
     tok_info: dict = {}
     if model_dir and tokenizer_dir:
         raise InputError("--tokenizer cannot be combined with --model (the checkpoint has its own tokenizer)")
+    if vocab_size and (model_dir or tokenizer_dir):
+        raise InputError("--vocab-size sizes a new tokenizer; it cannot be combined with --model or --tokenizer")
     if state is not None or model_dir:
         ckpt = load_checkpoint(out if state is not None else model_dir)
         model, tok = ckpt.model, ckpt.tokenizer
@@ -174,7 +177,7 @@ def _pretrain(
         if tokenizer_dir:
             tok = Tokenizer.load(tokenizer_dir)
         else:
-            vocab = preset_config(preset, arch).vocab_size
+            vocab = vocab_size or preset_config(preset, arch).vocab_size
             tok, tok_info = _rank0_first(lambda: _corpus_tokenizer(data, cache, vocab, val_fraction, text_column))
         if tok.eos_id is None:
             raise InputError(f"{tokenizer_dir}: tokenizer has no end-of-text token")
