@@ -47,10 +47,9 @@ def test_fast_encoder_gives_the_hf_ids(tokenizer):
         assert lengths.tolist() == [1 + len(tokenizer.encode(d)) for d in batch]
 
 
-def test_whitespace_runs_split_as_the_lookahead_does():
-    """tiktoken runs GPT-2's regex without `\\s+(?!\\S)`, a marker ending the text before the last
-    whitespace of a run instead: random runs of every kind of whitespace (and \\x1c, which Python
-    but not Unicode counts as space) next to letters, digits, apostrophes and punctuation."""
+def test_whitespace_runs_give_the_hf_ids():
+    """Random runs of every kind of whitespace (and \\x1c, which Python but not Unicode counts as
+    space) next to letters, digits, apostrophes and punctuation: where GPT-2's `\\s+(?!\\S)` splits."""
     rng = random.Random(0)
     alphabet = [" ", " ", "\t", "\u3000", "\xa0", "\x0b", "\x0c", "\r", "\x85", "\u2028", "\x1c",
                 "가", "나다", "a", "é", "1", "٣", "'s", "'", ".", "!", "😀"]
