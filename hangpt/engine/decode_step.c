@@ -1,4 +1,5 @@
-/* The decoding forward of GPT-2 and of the Llama family, fused in C: the CPU fast path of the engine.
+/* The decoding forward of GPT-2 and of the rotary families (Llama, GPT-NeoX, GPT-J), fused in C: the
+ * CPU fast path of the engine.
  *
  * Why: a decoding step of a small model feeds one token per row through the network, so each of
  * its ~100 tensor operations works on a few hundred floats, and in PyTorch each costs a dispatch
@@ -8,12 +9,13 @@
  * memory bandwidth sets its speed), the attention is split by (query, head), and the threads meet
  * at a barrier only where one needs another's results. The math is exactly hangpt/models' (GPT-2:
  * pre-LayerNorm blocks, GELU-tanh MLP, learned positions; Llama: RMSNorm, rotary positions,
- * grouped-query attention, SwiGLU MLP, optional q/k/v biases and per-head q/k norms);
+ * grouped-query attention, SwiGLU MLP, optional q/k/v biases and per-head q/k norms; GPT-NeoX and
+ * GPT-J: LayerNorms, partial rotary, GELU MLP, parallel residuals);
  * hangpt/engine/fast.py compiles this file, and tests check it against the PyTorch forward.
  *
  * Layouts: GPT-2's weights as in its checkpoints, Conv1D (in, out) row-major, its LM head as a
- * transposed copy (hidden, vocab) in float32 and as is (vocab, hidden) in bf16; the Llama family's as
- * nn.Linear, (out, in), its LM head as is (vocab, hidden). The KV cache is (layers, batch, kv_heads,
+ * transposed copy (hidden, vocab) in float32 and as is (vocab, hidden) in bf16; the rotary families' as
+ * nn.Linear, (out, in), the LM head as is (vocab, hidden). The KV cache is (layers, batch, kv_heads,
  * max_len, head_dim).
  *
  * bfloat16 models: the weight matrices, embeddings and KV cache are read as they are, bf16 (half the
@@ -21,7 +23,7 @@
  * activations, kept in float32, are rounded to bf16 wherever torch's bf16 forward rounds its results
  * (each linear layer, norm, residual sum, rotation, attention score and weight, activation function),
  * so both compute with the same numbers. Caching k and v in float32 would gain nothing: they are
- * bf16 values. Where the compiler targets AVX512-BF16 (-march=native on such a CPU) the Llama-layout
+ * bf16 values. Where the compiler targets AVX512-BF16 (-march=native on such a CPU) the nn.Linear-layout
  * matrices are multiplied with its bf16 dot product (32 products per instruction; exact, as the
  * activations are bf16 values); elsewhere, and for GPT-2's Conv1D layout (whose pairs of input rows
  * would need shuffling first), each weight is widened to float32 by a shift (auto-vectorised).
@@ -46,7 +48,17 @@ typedef struct {
     float eps;    /* of the LayerNorms / RMSNorms */
     int bf16;     /* 0: float32 model; 1: bf16 weight matrices and cache (see above); 2: the same with
                      AVX512-BF16 dot products (only if hangpt_native_bf16()) */
+    /* the rotary families' variations (hangpt_rotary_forward; 0 for GPT-2) */
+    int layer_norm;   /* 1: LayerNorms with biases (GPT-NeoX, GPT-J); 0: RMSNorms (Llama) */
+    int parallel;     /* 1: x + attn(norm1(x)) + mlp(norm2(x)), norm2 = norm1 without a second norm (GPT-J);
+                         0: the MLP reads x + attn(norm1(x)) */
+    int rotary_dims;  /* the first rotary_dims dimensions of each head turn (GPT-NeoX's rotary_pct, GPT-J's
+                         rotary_dim; head_dim for Llama) */
+    int interleaved;  /* 1: GPT-J's pairs (2i, 2i+1); 0: "rotate half", pairs (i, i + rotary_dims / 2) */
+    int activation;   /* of the MLP (gated by the up projection when there is a gate): ACT_* */
 } Shape;
+
+enum { ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU };
 
 /* The queries of one call and where results go, mirrored by fast.Queries. tokens, positions, rows,
  * slots: N each; NULL rows means query n is cache row n, NULL slots means every slot is `past`,
@@ -306,6 +318,20 @@ static void linear(const Shape *s, const float *x, const void *W, const float *b
         linear_band_of(x, W, 0, bias, y, B, in, out, accumulate);
 }
 
+/* LayerNorm of one row of C floats into the columns [c0, c1) of y (the statistics of the whole row). */
+static void layer_norm_row(const float *xr, const float *w, const float *bias, float *y, int C, int c0, int c1,
+                           float eps, int wide) {
+    float mean = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+ : mean)
+    for (int c = 0; c < C; c++) mean += xr[c];
+    mean /= C;
+#pragma omp simd reduction(+ : var)
+    for (int c = 0; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
+    float inv = 1.0f / sqrtf(var / C + eps);
+#pragma omp simd
+    for (int c = c0; c < c1; c++) y[c] = ROUND(wide, (xr[c] - mean) * inv * w[c] + bias[c]);
+}
+
 /* LayerNorm of rows of x into the rows of y (y row r from x row `pick[r]`, or row r when pick is
  * NULL), this thread writing only its band of the columns: the band of rows of W that its next
  * matmul reads, so no barrier is needed in between (the statistics of the whole row are cheap
@@ -314,18 +340,8 @@ static void layer_norm_band(const float *x, const long long *pick, const float *
                             int count, int C, float eps, int wide) {
     int c0, c1;
     share(C, 16, &c0, &c1);
-    for (int r = 0; r < count; r++) {
-        const float *xr = x + (size_t)(pick ? pick[r] : r) * C;
-        float mean = 0.0f, var = 0.0f;
-#pragma omp simd reduction(+ : mean)
-        for (int c = 0; c < C; c++) mean += xr[c];
-        mean /= C;
-#pragma omp simd reduction(+ : var)
-        for (int c = 0; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
-        float inv = 1.0f / sqrtf(var / C + eps);
-#pragma omp simd
-        for (int c = c0; c < c1; c++) y[(size_t)r * C + c] = ROUND(wide, (xr[c] - mean) * inv * w[c] + bias[c]);
-    }
+    for (int r = 0; r < count; r++)
+        layer_norm_row(x + (size_t)(pick ? pick[r] : r) * C, w, bias, y + (size_t)r * C, C, c0, c1, eps, wide);
 }
 
 /* RMSNorm of one vector of C floats, y = w * x / rms(x) (y may be x): the Llama family's block
@@ -340,14 +356,17 @@ static void rms_norm(const float *x, const float *w, float *y, int C, float eps,
     for (int c = 0; c < C; c++) y[c] = ROUND(wide, w[c] * ROUND(wide, x[c] * inv));
 }
 
-/* Rotary embedding of one head vector in place ("rotate half": dimension i pairs with i + D/2),
- * cs holding the D/2 cosines then the D/2 sines of its position; in bf16 each product and sum
- * rounded, as apply_rotary's tensor operations round. */
-static void rotate(float *v, const float *cs, int half, int wide) {
+/* Rotary embedding of the first 2 * half dimensions of one head vector in place: "rotate half"
+ * pairs dimension i with i + half, GPT-J's interleaved layout 2i with 2i + 1; cs holds the half
+ * cosines then the half sines of its position. In bf16 each product and sum is rounded, as
+ * apply_rotary's tensor operations round. */
+static void rotate(float *v, const float *cs, int half, int interleaved, int wide) {
+    const int step = interleaved ? 2 : 1, other = interleaved ? 1 : half;
     for (int i = 0; i < half; i++) {
-        float a = v[i], b = v[i + half], c = cs[i], s = cs[half + i];
-        v[i] = ROUND(wide, ROUND(wide, a * c) + ROUND(wide, -b * s));
-        v[i + half] = ROUND(wide, ROUND(wide, b * c) + ROUND(wide, a * s));
+        float *pa = v + i * step, *pb = pa + other;
+        float a = *pa, b = *pb, c = cs[i], s = cs[half + i];
+        *pa = ROUND(wide, ROUND(wide, a * c) + ROUND(wide, -b * s));
+        *pb = ROUND(wide, ROUND(wide, b * c) + ROUND(wide, a * s));
     }
 }
 
@@ -536,16 +555,19 @@ void hangpt_gpt2_forward(const Shape *s, const float *const *weights, const Quer
     }
 }
 
-/* ---- the Llama family (llama, mistral, qwen2, qwen3) ---- */
-/* per layer; a NULL pointer is an absent part (biases: Qwen2 has q/k/v ones; q/k norms: Qwen3) */
-enum { IN_NORM, Q_W, Q_B, K_W, K_B, V_W, V_B, O_W, O_B, Q_NORM, K_NORM, POST_NORM, GATE_W, GATE_B, UP_W, UP_B,
-       DOWN_W, DOWN_B, LLAMA_PER_LAYER };
-enum { LLAMA_NORM, LLAMA_EMBED, LLAMA_HEAD, LLAMA_INV_FREQ };
+/* ---- the rotary families: Llama (llama, mistral, qwen2, qwen3), GPT-NeoX, GPT-J ---- */
+/* per layer; a NULL pointer is an absent part (biases: Qwen2 has q/k/v ones, GPT-NeoX all, GPT-J
+ * the MLP's; q/k norms: Qwen3; the gate: Llama's MLP only; the second norm: not GPT-J's). QKV_W is
+ * GPT-NeoX's fused projection, rows laid out head by head [head, q|k|v, head_dim], read as it is
+ * (then Q_W, K_W, V_W are NULL). Shape.layer_norm: the norms are LayerNorms with biases (*_NORM_B). */
+enum { IN_NORM, IN_NORM_B, QKV_W, QKV_B, Q_W, Q_B, K_W, K_B, V_W, V_B, O_W, O_B, Q_NORM, K_NORM, POST_NORM,
+       POST_NORM_B, GATE_W, GATE_B, UP_W, UP_B, DOWN_W, DOWN_B, ROTARY_PER_LAYER };
+enum { FINAL_NORM, FINAL_NORM_B, EMBED, HEAD, HEAD_B, INV_FREQ };
 
-/* Floats of scratch hangpt_llama_forward needs for this shape. */
-size_t hangpt_llama_scratch(const Shape *s) {
-    size_t N = s->queries, D = s->head_dim, H = s->heads, Hkv = s->kv_heads;
-    return N * (2 * s->hidden + 2 * H * D + 2 * Hkv * D + 2 * (size_t)s->mlp + H * s->max_len + D);
+/* Floats of scratch hangpt_rotary_forward needs for this shape. */
+size_t hangpt_rotary_scratch(const Shape *s) {
+    size_t N = s->queries, D = s->head_dim, H = s->heads;
+    return N * (4 * (size_t)s->hidden + 4 * H * D + 2 * (size_t)s->mlp + H * s->max_len + D);
 }
 
 /* SiLU through the vectorised tanh: x * sigmoid(x) = x * (1 + tanh(x / 2)) / 2. */
@@ -554,91 +576,158 @@ static inline float silu(float x) {
     return 0.5f * x * (1.0f + tanh_rational(0.5f * x));
 }
 
-/* The same forward as hangpt_gpt2_forward (queries, cache rows and slots alike) for the Llama
- * family. weights: LLAMA_PER_LAYER pointers per layer, then the final norm, the token embedding,
- * the LM head (vocab, hidden; the embedding itself when tied) and the rotary inverse frequencies
- * (head_dim / 2, the scaling of rope_scaling already applied). In a bf16 model the matrices, the
- * embedding and the head are bf16, the vectors (norms, biases, frequencies) float32. */
-void hangpt_llama_forward(const Shape *s, const float *const *weights, const Queries *io) {
+/* The block norm of one row: RMSNorm or LayerNorm (Shape.layer_norm). */
+static void norm_row(const Shape *s, const float *x, const float *w, const float *bias, float *y, int wide) {
+    if (s->layer_norm)
+        layer_norm_row(x, w, bias, y, s->hidden, 0, s->hidden, s->eps, wide);
+    else
+        rms_norm(x, w, y, s->hidden, s->eps, wide);
+}
+
+/* g[o] = act(g[o]) for o in [o0, o1), times u[o] when u is given (a gated MLP), rounded where torch's
+ * bf16 forward rounds (the activation's result, then the product). In bf16 SiLU is torch's formula
+ * with libm's exp (scalar, a few us a token): rounded, it equals torch's bf16 SiLU for every bf16
+ * input, where the vectorised tanh, 4e-7 off in absolute terms, rounds a few tiny outputs (x < -7)
+ * differently. GELU is the exact one (erf), as torch's "gelu". */
+static void activate(float *restrict g, const float *restrict u, int o0, int o1, int kind, int wide) {
+    switch (kind) {
+    case ACT_SILU:
+        if (wide)
+            for (int o = o0; o < o1; o++) g[o] = round_bf16(g[o] / (1.0f + expf(-g[o])));
+        else
+#pragma omp simd
+            for (int o = o0; o < o1; o++) g[o] = silu(g[o]);
+        break;
+    case ACT_GELU:
+        for (int o = o0; o < o1; o++) g[o] = ROUND(wide, 0.5f * g[o] * (1.0f + erff(g[o] * 0.70710678118654752f)));
+        break;
+    case ACT_GELU_TANH:
+#pragma omp simd
+        for (int o = o0; o < o1; o++) g[o] = ROUND(wide, gelu_tanh(g[o]));
+        break;
+    default:
+#pragma omp simd
+        for (int o = o0; o < o1; o++) g[o] = g[o] > 0.0f ? g[o] : 0.0f;
+    }
+    if (u)
+#pragma omp simd
+        for (int o = o0; o < o1; o++) g[o] = ROUND(wide, g[o] * u[o]);
+}
+
+/* The same forward as hangpt_gpt2_forward (queries, cache rows and slots alike) for the families
+ * with rotary positions and nn.Linear layouts, their differences in Shape's flags and in which
+ * weights are NULL: Llama's sequential blocks of RMSNorms, q/k/v, rotate-half rotary on the whole
+ * head, grouped-query attention and SwiGLU; GPT-NeoX's LayerNorms, fused q/k/v, partial rotary and
+ * GELU MLP, its residual parallel or sequential; GPT-J's one LayerNorm feeding attention and MLP in
+ * parallel and its interleaved partial rotary. weights: ROTARY_PER_LAYER pointers per layer, then
+ * the final norm and its bias, the token embedding, the LM head (vocab, hidden; the embedding itself
+ * when tied) and its bias, and the rotary inverse frequencies (rotary_dims / 2, the scaling of
+ * rope_scaling already applied). In a bf16 model the matrices, the embedding and the head are bf16,
+ * the vectors (norms, biases, frequencies) float32.
+ * A parallel block sums as torch does, (attention + MLP) + x: the attention's output projection
+ * writes `a`, the MLP's down projection adds to it, then each thread adds its band of `a` to x. */
+void hangpt_rotary_forward(const Shape *s, const float *const *weights, const Queries *io) {
     const int L = s->layers, H = s->heads, Hkv = s->kv_heads, D = s->head_dim, C = s->hidden, F = s->mlp;
     const int wide = s->bf16 != 0;
-    const int N = s->queries, M = s->outputs, T = s->max_len, half = D / 2;
-    float *x = io->scratch, *h = x + (size_t)N * C, *q = h + (size_t)N * C, *k = q + (size_t)N * H * D;
-    float *v = k + (size_t)N * Hkv * D, *att = v + (size_t)N * Hkv * D, *g = att + (size_t)N * H * D;
+    const int N = s->queries, M = s->outputs, T = s->max_len, half = s->rotary_dims / 2;
+    float *x = io->scratch, *h = x + (size_t)N * C, *h2 = h + (size_t)N * C, *a = h2 + (size_t)N * C;
+    float *qkv = a + (size_t)N * C, *att = qkv + 3 * (size_t)N * H * D, *g = att + (size_t)N * H * D;
     float *u = g + (size_t)N * F, *probs = u + (size_t)N * F, *rope = probs + (size_t)N * H * T;
-    const float *const *top = weights + L * LLAMA_PER_LAYER;
+    const float *const *top = weights + L * ROTARY_PER_LAYER;
 
 #pragma omp parallel num_threads(s->threads)
     {
 #pragma omp for
         for (int n = 0; n < N; n++) {  /* embeddings, and the cos/sin of each query's position */
             const size_t e = (size_t)io->tokens[n] * C;
-            for (int c = 0; c < C; c++) x[(size_t)n * C + c] = AT(wide, top[LLAMA_EMBED], e + c);
+            for (int c = 0; c < C; c++) x[(size_t)n * C + c] = AT(wide, top[EMBED], e + c);
             float pos = (float)POSITION(s, io, n);
             for (int i = 0; i < half; i++) {
-                float angle = pos * top[LLAMA_INV_FREQ][i];
+                float angle = pos * top[INV_FREQ][i];
                 rope[(size_t)n * D + i] = ROUND(wide, cosf(angle));
                 rope[(size_t)n * D + half + i] = ROUND(wide, sinf(angle));
             }
         }
         for (int l = 0; l < L; l++) {
-            const float *const *w = weights + l * LLAMA_PER_LAYER;
+            const float *const *w = weights + l * ROTARY_PER_LAYER;
+            /* where head hd of query n finds its q, k and v: fused (GPT-NeoX's [head, q|k|v, D] rows)
+             * or three blocks, (N, H, D) then (N, Hkv, D) twice */
+            const int fused = w[QKV_W] != 0;
+            const size_t q_row = fused ? 3 * (size_t)H * D : (size_t)H * D, kv_row = fused ? q_row : (size_t)Hkv * D;
+            const size_t head_step = fused ? 3 * (size_t)D : (size_t)D;
+            float *q = qkv, *k = fused ? qkv + D : qkv + (size_t)N * H * D;
+            float *v = fused ? qkv + 2 * D : k + (size_t)N * Hkv * D;
+            /* the MLP's input: a second norm of x (parallel) or of x + attention (sequential), or the first */
+            const float *mlp_in = s->parallel && !w[POST_NORM] ? h : h2;
 #pragma omp for
-            for (int n = 0; n < N; n++) rms_norm(x + (size_t)n * C, w[IN_NORM], h + (size_t)n * C, C, s->eps, wide);
-            linear(s, h, w[Q_W], w[Q_B], q, N, C, H * D, 0);
-            linear(s, h, w[K_W], w[K_B], k, N, C, Hkv * D, 0);
-            linear(s, h, w[V_W], w[V_B], v, N, C, Hkv * D, 0);
+            for (int n = 0; n < N; n++) {
+                norm_row(s, x + (size_t)n * C, w[IN_NORM], w[IN_NORM_B], h + (size_t)n * C, wide);
+                if (s->parallel && w[POST_NORM])
+                    norm_row(s, x + (size_t)n * C, w[POST_NORM], w[POST_NORM_B], h2 + (size_t)n * C, wide);
+            }
+            if (fused)
+                linear(s, h, w[QKV_W], w[QKV_B], qkv, N, C, 3 * H * D, 0);
+            else {
+                linear(s, h, w[Q_W], w[Q_B], q, N, C, H * D, 0);
+                linear(s, h, w[K_W], w[K_B], k, N, C, Hkv * D, 0);
+                linear(s, h, w[V_W], w[V_B], v, N, C, Hkv * D, 0);
+            }
 #pragma omp barrier
 #pragma omp for
             for (int nh = 0; nh < N * Hkv; nh++) {  /* every query's key (normed, rotated) and value into its slot */
-                int n = nh / Hkv;
-                float *kh = k + (size_t)nh * D;
+                int n = nh / Hkv, hd = nh % Hkv;
+                float *kh = k + n * kv_row + hd * head_step;
                 if (w[K_NORM]) rms_norm(kh, w[K_NORM], kh, D, s->eps, wide);
-                rotate(kh, rope + (size_t)n * D, half, wide);
-                store_kv(s, io, l, n, nh % Hkv, kh, v + (size_t)nh * D);
+                rotate(kh, rope + (size_t)n * D, half, s->interleaved, wide);
+                store_kv(s, io, l, n, hd, kh, v + n * kv_row + hd * head_step);
             }
 #pragma omp for
             for (int nh = 0; nh < N * H; nh++) {
-                int n = nh / H;
-                float *qh = q + (size_t)nh * D;
+                int n = nh / H, hd = nh % H;
+                float *qh = q + n * q_row + hd * head_step;
                 if (w[Q_NORM]) rms_norm(qh, w[Q_NORM], qh, D, s->eps, wide);
-                rotate(qh, rope + (size_t)n * D, half, wide);
-                attend(s, io, l, n, nh % H, qh, att + (size_t)nh * D, probs + (size_t)nh * T);
+                rotate(qh, rope + (size_t)n * D, half, s->interleaved, wide);
+                attend(s, io, l, n, hd, qh, att + (size_t)nh * D, probs + (size_t)nh * T);
             }
-            linear(s, att, w[O_W], w[O_B], x, N, H * D, C, 1);
+            if (s->parallel)
+                linear(s, att, w[O_W], w[O_B], a, N, H * D, C, 0);
+            else {
+                linear(s, att, w[O_W], w[O_B], x, N, H * D, C, 1);
 #pragma omp barrier
 #pragma omp for
-            for (int n = 0; n < N; n++) rms_norm(x + (size_t)n * C, w[POST_NORM], h + (size_t)n * C, C, s->eps, wide);
-            linear(s, h, w[GATE_W], w[GATE_B], g, N, C, F, 0);
-            linear(s, h, w[UP_W], w[UP_B], u, N, C, F, 0);
+                for (int n = 0; n < N; n++)
+                    norm_row(s, x + (size_t)n * C, w[POST_NORM], w[POST_NORM_B], h2 + (size_t)n * C, wide);
+            }
+            if (w[GATE_W]) {
+                linear(s, mlp_in, w[GATE_W], w[GATE_B], g, N, C, F, 0);
+                linear(s, mlp_in, w[UP_W], w[UP_B], u, N, C, F, 0);
+            } else
+                linear(s, mlp_in, w[UP_W], w[UP_B], g, N, C, F, 0);
             {
-                /* SwiGLU on the band of gate and up this thread has just computed (the same band
-                 * for both); the down projection reads every column, hence the barrier after. In
-                 * bf16 SiLU is torch's formula with libm's exp (scalar, a few us a token): rounded,
-                 * it equals torch's bf16 SiLU for every bf16 input, where the vectorised tanh,
-                 * 4e-7 off in absolute terms, rounds a few tiny outputs (x < -7) differently */
+                /* the activation on the band of columns this thread has just computed (the same
+                 * band of gate and up); the down projection reads every column, hence the barrier */
                 int o0, o1;
                 share(F, 4, &o0, &o1);
-                for (int n = 0; n < N; n++) {
-                    float *gn = g + (size_t)n * F, *un = u + (size_t)n * F;
-                    if (wide)
-                        for (int o = o0; o < o1; o++)
-                            gn[o] = round_bf16(round_bf16(gn[o] / (1.0f + expf(-gn[o]))) * un[o]);
-                    else
-#pragma omp simd
-                        for (int o = o0; o < o1; o++) gn[o] = silu(gn[o]) * un[o];
-                }
+                for (int n = 0; n < N; n++)
+                    activate(g + (size_t)n * F, w[GATE_W] ? u + (size_t)n * F : 0, o0, o1, s->activation, wide);
             }
 #pragma omp barrier
-            linear(s, g, w[DOWN_W], w[DOWN_B], x, N, F, C, 1);
+            linear(s, g, w[DOWN_W], w[DOWN_B], s->parallel ? a : x, N, F, C, 1);
+            if (s->parallel) {  /* the band of `a` this thread wrote, twice (output projection, MLP) */
+                int o0, o1;
+                share(C, 4, &o0, &o1);
+                for (int n = 0; n < N; n++)
+#pragma omp simd
+                    for (int o = o0; o < o1; o++) x[(size_t)n * C + o] = ROUND(wide, x[(size_t)n * C + o] + a[(size_t)n * C + o]);
+            }
 #pragma omp barrier
         }
 #pragma omp for
         for (int m = 0; m < M; m++) {  /* the final norm of the queries asked for only */
             long long n = io->out_rows ? io->out_rows[m] : m;
-            rms_norm(x + (size_t)n * C, top[LLAMA_NORM], h + (size_t)m * C, C, s->eps, wide);
+            norm_row(s, x + (size_t)n * C, top[FINAL_NORM], top[FINAL_NORM_B], h + (size_t)m * C, wide);
         }
-        linear(s, h, top[LLAMA_HEAD], 0, io->logits, M, C, s->vocab, 0);
+        linear(s, h, top[HEAD], top[HEAD_B], io->logits, M, C, s->vocab, 0);
 #pragma omp barrier
         argmax_rows(s, io);
     }

@@ -1,4 +1,5 @@
-"""The CPU fast path of decoding: each step, and short prompts, in one C call (decode_step.c).
+"""The CPU fast path of decoding: each step, and short prompts, in one C call (decode_step.c), for
+GPT-2 and the rotary families (Llama, GPT-NeoX, GPT-J).
 
 The C file is compiled once per machine with the system's C compiler (`cc`, OpenMP) into the
 user's cache folder and loaded with ctypes; nothing is built at install time. Where that is not
@@ -29,7 +30,8 @@ from typing import Callable
 
 import torch
 
-from ..models import GPT, CausalLM, KVCache, Llama
+from ..models import GPT, GPTJ, CausalLM, GPTNeoX, KVCache, Llama
+from ..models.layers import Rotary
 from ..models.lora import has_lora
 
 SOURCE = Path(__file__).with_name("decode_step.c")
@@ -108,7 +110,8 @@ class Shape(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in (
         "layers", "heads", "kv_heads", "head_dim", "hidden", "mlp", "vocab",
         "queries", "outputs", "batch", "max_len", "past", "threads")] + [
-        ("eps", ctypes.c_float), ("bf16", ctypes.c_int)]
+        ("eps", ctypes.c_float)] + [(name, ctypes.c_int) for name in (
+        "bf16", "layer_norm", "parallel", "rotary_dims", "interleaved", "activation")]
 
 
 class Queries(ctypes.Structure):
@@ -148,7 +151,7 @@ def library() -> ctypes.CDLL | None:
         warnings.warn(f"fast CPU decoding unavailable ({problem}); using the PyTorch forward", stacklevel=2)
         return None
     shape, queries = ctypes.POINTER(Shape), ctypes.POINTER(Queries)
-    for family in ("gpt2", "llama"):
+    for family in ("gpt2", "rotary"):
         forward, scratch = getattr(lib, f"hangpt_{family}_forward"), getattr(lib, f"hangpt_{family}_scratch")
         forward.restype, forward.argtypes = None, [shape, ctypes.c_void_p, queries]
         scratch.restype, scratch.argtypes = ctypes.c_size_t, [shape]
@@ -187,7 +190,8 @@ class FastDecoder:
     `bind` reads the weight pointers once per generation (PPO trains the model between
     generations; a changed tensor is noticed by its version counter), so a step costs one C call
     plus a few Python operations. A family's subclass names its C function, its tensors in the
-    order the C code reads them, and its MLP width and norm epsilon.
+    order the C code reads them, its MLP width and norm epsilon, and (the rotary families) its
+    variations of the block (Shape's last fields).
 
     A bf16 model's matrices are passed as they are, its vectors (norms, biases) as float32 copies
     (a few KB). native_bf16: use the library's AVX512-BF16 dot products (default: where it has
@@ -207,7 +211,7 @@ class FastDecoder:
 
     @staticmethod
     def supports(model: CausalLM) -> bool:
-        """A family with a C step (GPT-2, the Llama family), float32 or bfloat16 throughout on a
+        """A family with a C step (GPT-2, Llama, GPT-NeoX, GPT-J), float32 or bfloat16 throughout on a
         CPU, without LoRA layers (those run unmerged in PyTorch), and a C compiler."""
         p = model.lm_head.weight
         return (type(model) in DECODERS and p.device.type == "cpu" and p.dtype in (torch.float32, torch.bfloat16)
@@ -233,11 +237,15 @@ class FastDecoder:
             self._pointers = (ctypes.c_void_p * len(params))(*[pointer(t) for t in self._weights])
             self._key = key
 
+    # Shape's layer_norm, parallel, rotary_dims, interleaved, activation (the rotary families')
+    variant: tuple[int, ...] = (0, 0, 0, 0, 0)
+
     def shape(self, cache: KVCache, queries: int = 0, outputs: int = 0) -> Shape:
         cfg = self.model.config
         return Shape(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, self.mlp_width,
                      cfg.vocab_size, queries, outputs, cache.k.shape[1], cache.k.shape[3], cache.length,
-                     torch.get_num_threads(), self.eps, 2 if self.bf16 and self.native_bf16 else int(self.bf16))
+                     torch.get_num_threads(), self.eps, 2 if self.bf16 and self.native_bf16 else int(self.bf16),
+                     *self.variant)
 
     def reorder_rows(self, cache: KVCache, index: torch.Tensor, spare_k, spare_v) -> None:
         """For KVCache.reorder (beam search, every step): row b of the cache takes the filled
@@ -324,10 +332,31 @@ class GPT2Decoder(FastDecoder):
             tr.ln_f.weight, tr.ln_f.bias, tr.wte.weight, tr.wpe.weight, lm_head]
 
 
-class LlamaDecoder(FastDecoder):
-    """llama, mistral, qwen2, qwen3: absent parts (biases, q/k norms) are NULL pointers for C."""
+# decode_step.c's ACT_*: the MLP activations of models.layers.ACTIVATIONS
+ACTIVATION_CODES = {"silu": 0, "gelu": 1, "gelu_new": 2, "gelu_pytorch_tanh": 2, "relu": 3}
 
-    family = "llama"
+
+class RotaryDecoder(FastDecoder):
+    """The families of decode_step.c's hangpt_rotary_forward: a subclass lists each block's tensors
+    in the order of its ROTARY_PER_LAYER enum (None where the family has no such part)."""
+
+    family = "rotary"
+
+    @staticmethod
+    def layer_tensors(block) -> list[torch.Tensor | None]:
+        raise NotImplementedError
+
+    def tensors(self, head):
+        """The blocks', then the final norm and its bias, embedding, head and its bias, rotary frequencies."""
+        m, norm = self.model, self.model.final_norm
+        rotary = next(module for module in m.modules() if isinstance(module, Rotary))
+        return [t for block in m.blocks for t in self.layer_tensors(block)] + [
+            norm.weight, getattr(norm, "bias", None), m.embedding().weight, m.lm_head.weight, m.lm_head.bias,
+            rotary.inv_freq]
+
+
+class LlamaDecoder(RotaryDecoder):
+    """llama, mistral, qwen2, qwen3: RMSNorms, SwiGLU, rotary on the whole head."""
 
     @property
     def mlp_width(self) -> int:
@@ -337,22 +366,71 @@ class LlamaDecoder(FastDecoder):
     def eps(self) -> float:
         return self.model.config.rms_norm_eps
 
+    @property
+    def variant(self) -> tuple[int, ...]:
+        return 0, 0, self.model.config.head_dim, 0, ACTIVATION_CODES["silu"]
+
     @staticmethod
     def layer_tensors(block) -> list[torch.Tensor | None]:
         a, mlp = block.self_attn, block.mlp
         q_norm, k_norm = (a.q_norm.weight, a.k_norm.weight) if a.qk_norm else (None, None)
-        return [block.input_layernorm.weight, a.q_proj.weight, a.q_proj.bias, a.k_proj.weight, a.k_proj.bias,
-                a.v_proj.weight, a.v_proj.bias, a.o_proj.weight, a.o_proj.bias, q_norm, k_norm,
-                block.post_attention_layernorm.weight, mlp.gate_proj.weight,
-                mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias, mlp.down_proj.weight, mlp.down_proj.bias]
-
-    def tensors(self, head):
-        m = self.model.model
-        return [t for block in m.layers for t in self.layer_tensors(block)] + [
-            m.norm.weight, m.embed_tokens.weight, self.model.lm_head.weight, m.rotary.inv_freq]
+        return [block.input_layernorm.weight, None, None, None, a.q_proj.weight, a.q_proj.bias, a.k_proj.weight,
+                a.k_proj.bias, a.v_proj.weight, a.v_proj.bias, a.o_proj.weight, a.o_proj.bias, q_norm, k_norm,
+                block.post_attention_layernorm.weight, None, mlp.gate_proj.weight, mlp.gate_proj.bias,
+                mlp.up_proj.weight, mlp.up_proj.bias, mlp.down_proj.weight, mlp.down_proj.bias]
 
 
-DECODERS = {GPT: GPT2Decoder, Llama: LlamaDecoder}
+class GPTNeoXDecoder(RotaryDecoder):
+    """GPT-NeoX (polyglot-ko): LayerNorms, the fused query_key_value read as it is (head by head),
+    partial rotate-half rotary, a GELU MLP, the residual parallel or sequential."""
+
+    @property
+    def mlp_width(self) -> int:
+        return self.model.config.intermediate_size
+
+    @property
+    def eps(self) -> float:
+        return self.model.config.layer_norm_eps
+
+    @property
+    def variant(self) -> tuple[int, ...]:
+        cfg = self.model.config
+        return 1, int(cfg.use_parallel_residual), cfg.rotary_ndims, 0, ACTIVATION_CODES[cfg.hidden_act]
+
+    @staticmethod
+    def layer_tensors(block) -> list[torch.Tensor | None]:
+        a, mlp, n1, n2 = block.attention, block.mlp, block.input_layernorm, block.post_attention_layernorm
+        return [n1.weight, n1.bias, a.query_key_value.weight, a.query_key_value.bias] + [None] * 6 + [
+            a.dense.weight, a.dense.bias, None, None, n2.weight, n2.bias, None, None, mlp.dense_h_to_4h.weight,
+            mlp.dense_h_to_4h.bias, mlp.dense_4h_to_h.weight, mlp.dense_4h_to_h.bias]
+
+
+class GPTJDecoder(RotaryDecoder):
+    """GPT-J (KoGPT): one LayerNorm feeding attention and MLP in parallel, interleaved partial
+    rotary, q/k/v/out without biases, a GELU MLP, the LM head with a bias."""
+
+    @property
+    def mlp_width(self) -> int:
+        return self.model.config.mlp_width
+
+    @property
+    def eps(self) -> float:
+        return self.model.config.layer_norm_epsilon
+
+    @property
+    def variant(self) -> tuple[int, ...]:
+        cfg = self.model.config
+        return 1, 1, cfg.rotary_dims, 1, ACTIVATION_CODES[cfg.activation_function]
+
+    @staticmethod
+    def layer_tensors(block) -> list[torch.Tensor | None]:
+        a, mlp = block.attn, block.mlp
+        return [block.ln_1.weight, block.ln_1.bias, None, None, a.q_proj.weight, None, a.k_proj.weight, None,
+                a.v_proj.weight, None, a.out_proj.weight, None, None, None, None, None, None, None,
+                mlp.fc_in.weight, mlp.fc_in.bias, mlp.fc_out.weight, mlp.fc_out.bias]
+
+
+DECODERS = {GPT: GPT2Decoder, Llama: LlamaDecoder, GPTNeoX: GPTNeoXDecoder, GPTJ: GPTJDecoder}
 
 
 def as_long(t: torch.Tensor | None) -> torch.Tensor | None:
