@@ -91,7 +91,8 @@ def iter_columns(path: str | Path, text_column: str, label_column: str | None = 
                     raise InputError(f"{path}: line {start + offset}: field {label_column!r} is empty")
         if rows is not None and None in rows:  # blank lines
             kept = [row is not None for row in rows]
-            texts, labels = list(compress(texts, kept)), labels and list(compress(labels, kept))
+            texts = list(compress(texts, kept))
+            labels = list(compress(labels, kept)) if labels is not None else None
         yield texts, labels
 
 

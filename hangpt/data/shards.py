@@ -7,7 +7,7 @@ by a hash of the file list (paths, sizes, mtimes), the tokenizer and the split, 
 repeated run reuses it instead of re-tokenizing.
 
 A byte-level BPE as hangpt trains it is encoded by tiktoken with the same merges: the Hugging Face
-tokenizer's ids exactly, in a fifth of the CPU time. Each call encodes a block of documents joined
+tokenizer's ids exactly, in a sixth of the CPU time. Each call encodes a block of documents joined
 by <eos> (~1 MB) and gives the shard's layout directly; tiktoken releases the GIL, so one thread per
 core encodes while the main thread reads and writes in order, a few blocks in flight.
 Tokenizers tiktoken cannot reproduce (SentencePiece-style, BPE variants) go through `tokenizers`.
@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 BATCH_CHARS = 1 << 18  # characters per tokenizer call (~40 ms of encoding): few calls, bounded memory
 # the regex of `tokenizers`' ByteLevel pre-tokenizer (GPT-2's), for tiktoken
 GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
 
 def iter_corpus(paths: Iterable[str | Path], text_column: str | None = None) -> Iterator[str]:
     """Documents of plain-text files, and of the `text_column` of TSV/CSV files with a header that
@@ -149,6 +150,7 @@ def build_shards(
 
 
 def usable_cores() -> int:
+    """The cores this process may run on (a container or taskset may allow fewer than the machine has)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
