@@ -59,8 +59,9 @@ class LoRALinear(nn.Module):
         if self.disabled:
             return self.base(x)
         h = F.dropout(x, self.dropout, training=True) if self.training and self.dropout > 0 else x
-        update = self.lora_B(self.lora_A(h.to(self.lora_A.weight.dtype))) * self.scaling
-        return self.base(x) + update.to(x.dtype)
+        update = self.lora_B(self.lora_A(h.to(self.lora_A.weight.dtype)))
+        # scaled and added into the base's fresh output: no (batch, tokens, out) temporaries
+        return self.base(x).add_(update.to(x.dtype), alpha=self.scaling)
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * B @ A in the base weight's own layout ((in, out) for Conv1D)."""
