@@ -109,7 +109,7 @@ def main() -> None:
         "--skip-large", action="store_true", help="Only the tiny model (no 2 GB temp folder)."))
     import transformers
 
-    from hangpt.checkpoint import native_bf16
+    from hangpt.device import native_bf16
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

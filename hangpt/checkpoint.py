@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .device import native_bf16
 from .errors import InputError
 from .models import CausalLM, build_model, config_from_hf
 from .models.lora import has_lora
@@ -118,16 +119,6 @@ def load_checkpoint(name_or_path: str | Path, dtype: str | None = None, merge_ad
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
-    and runs slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _target_dtype(dtype: str, state: dict[str, torch.Tensor]) -> torch.dtype:
