@@ -25,8 +25,12 @@ from .errors import InputError
 # the quality floor (distinct, on-topic answers to the held-out prompts), whatever the machine's
 # load. Epoch counts are turned into steps once the data size is known. With --base the model is
 # already pretrained: fewer epochs, and no pretraining.
-RECIPE = {"pretrain": {"steps": 400}, "sft": {"epochs": 6}, "rm": {"epochs": 3}, "dpo": {"epochs": 2},
+RECIPE = {"pretrain": {"steps": 200}, "sft": {"epochs": 6}, "rm": {"epochs": 3}, "dpo": {"epochs": 2},
           "ppo": {"steps": 20}}
+# the pretrained model: the Llama layout at the tiny preset's widths, with a vocabulary sized to
+# the ~100 KB of text (a 4096-token BPE; the preset's 8192 would stop near 4300 tokens anyway)
+PRETRAIN_ARCH = "llama"
+PRETRAIN_VOCAB = 4096
 BASE_RECIPE = {"sft": {"epochs": 2}, "rm": {"epochs": 1}, "dpo": {"epochs": 1}, "ppo": {"steps": 8}}
 # Time of one step of each stage, and of its fixed work (loading, the tokenizer, DPO's reference
 # log-probs), in pretraining steps of the tiny model (batch 16 x 128 tokens), measured on a 2-core
@@ -97,18 +101,22 @@ def _has_qa_header(path: Path) -> bool:
 
 
 def measure_step_seconds(model=None, repeats: int = 2) -> float:
-    """Seconds of one training step (batch 16 x 128 tokens) of `model` (default: a fresh tiny GPT)
-    on this machine now, with the faster of all threads and one fewer (as training will choose,
-    see hangpt/threads.py): the unit the expected times are printed in."""
+    """Seconds of one training step (batch 16 x 128 tokens) of `model` (fine-tuned with AdamW), by
+    default of the demo's fresh tiny GPT with pretraining's optimizer, on this machine now, with
+    the faster of all threads and one fewer (as training will choose, see hangpt/threads.py): the
+    unit the expected times are printed in."""
     import torch
     import torch.nn.functional as F
 
     from .models import build_model, preset_config
+    from .train.loop import TrainConfig, make_optimizer
+    from .train.pretrain import RECIPE as PRETRAINING_RECIPE
 
-    model = model or build_model(preset_config("tiny"))
+    optimizer_name = "adamw" if model else PRETRAINING_RECIPE["optimizer"]
+    model = model or build_model(preset_config("tiny", PRETRAIN_ARCH, vocab_size=PRETRAIN_VOCAB))
     length = min(129, model.config.context_length)
     x = torch.randint(0, model.config.vocab_size, (BATCH, length))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the weights do not change
+    optimizer = make_optimizer(model, TrainConfig(out=None, lr=0.0, optimizer=optimizer_name))  # lr 0: no change
     threads = torch.get_num_threads()
     best = float("inf")
     for n in [threads, threads - 1, threads][: 3 if threads > 1 else 1]:  # the first round warms up
@@ -253,6 +261,7 @@ class Demo:
         """The tiny GPT learns Korean from the text files and from the chat pairs SFT will train on
         (their questions and answers as plain text: in-domain text, the way a chatbot's base is
         continued on its domain); SFT's validation pairs stay unseen."""
+        from .train.pretrain import RECIPE as PRETRAINING_RECIPE
         from .train.pretrain import pretrain
         from .train.sft import holdout_split
 
@@ -261,9 +270,10 @@ class Demo:
         chat_text = self.out / "chat_text.txt"
         train, _ = holdout_split(conversations, SFT_VAL_FRACTION, self.seed)
         chat_text.write_text("".join(" ".join(m["content"] for m in c) + "\n" for c in train), encoding="utf-8")
-        cfg = self._train_config("pretrain", lr=1e-3, log_every=10)
-        summary = pretrain([*map(str, self.data.text), str(chat_text)], cfg.out, cfg, preset="tiny", max_length=128,
-                           val_fraction=0.05, overwrite=True)
+        # `hangpt pretrain`'s own recipe: the Llama layout, Muon, linear decay, the default lr (None)
+        cfg = self._train_config("pretrain", log_every=10, lr=None, **PRETRAINING_RECIPE)
+        summary = pretrain([*map(str, self.data.text), str(chat_text)], cfg.out, cfg, preset="tiny", arch=PRETRAIN_ARCH,
+                           vocab_size=PRETRAIN_VOCAB, max_length=128, val_fraction=0.05, overwrite=True)
         final = summary["final"]
         self.result.figures["tokenizer_bytes_per_token"] = summary.get("tokenizer", {}).get("held_out_bytes_per_token")
         self.result.figures["pretrain_val_bpb"] = final.get("val_bpb")
