@@ -13,11 +13,13 @@ libraries. hangpt runs its SFT stage's code (`answer_loss`, `make_optimizer`); t
 `model(input_ids, labels=labels).loss` with `torch.optim.AdamW` over the trainable parameters, as
 its Trainer does. Each configuration runs in its own process, so its peak resident memory
 (ru_maxrss, weights included) is its own; tokens/s counts every token of the batch, median of the
-measured steps after a warm-up. Full fine-tuning keeps fp32 weights, gradients and two AdamW
-moments: 16 bytes a parameter, about 21 GB for polyglot-ko-1.3b (--no-full skips it).
+measured steps after a warm-up. On a shared machine --rounds N runs the configurations N times in
+alternation (A B, B A, ...) so a change in the machine's load hits each alike; the median is then over
+the steps of all rounds. Full fine-tuning keeps fp32 weights, gradients and two AdamW moments: 16 bytes
+a parameter, about 21 GB for polyglot-ko-1.3b (--no-full skips it).
 
     python benchmarks/lora_sft.py [--arch gpt2|qwen2|llama|gpt_neox] [--layers N] [--steps 4] [--warmup 2]
-                                  [--batch 4] [--length 128] [--no-full]
+                                  [--batch 4] [--length 128] [--rounds 1] [--no-full]
 """
 
 from __future__ import annotations
@@ -119,8 +121,7 @@ def measure(name: str, config: dict, steps: int, warmup: int, batch: int, length
         step(ids, labels)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return {"config": name, "trainable": trainable, "step_s": statistics.median(times),
-            "tokens_per_s": batch * length / statistics.median(times),
+    return {"config": name, "trainable": trainable, "times": times,
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -132,6 +133,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=1, help="run the configurations this many times, alternating")
     ap.add_argument("--no-full", action="store_true", help="skip hangpt full fine-tuning (16 bytes a parameter)")
     ap.add_argument("--only", help=argparse.SUPPRESS)  # the child process: one configuration
     args = ap.parse_args()
@@ -141,13 +143,20 @@ def main():
         return
     names = ["hangpt-lora", "peft-lora"] + ([] if args.no_full else ["hangpt-full"])
     rows = {}
-    for name in names:
-        cmd = [sys.executable, __file__, "--only", name, "--arch", args.arch, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--batch", str(args.batch), "--length", str(args.length)]
-        if args.layers:
-            cmd += ["--layers", str(args.layers)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows[name] = json.loads(out.strip().splitlines()[-1])
+    for round_ in range(args.rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            cmd = [sys.executable, __file__, "--only", name, "--arch", args.arch, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--batch", str(args.batch), "--length", str(args.length)]
+            if args.layers:
+                cmd += ["--layers", str(args.layers)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            run = json.loads(out.strip().splitlines()[-1])
+            row = rows.setdefault(name, {**run, "times": []})
+            row["times"] += run["times"]
+            row["peak_mib"] = max(row["peak_mib"], run["peak_mib"])
+    for row in rows.values():
+        row["step_s"] = statistics.median(row["times"])
+        row["tokens_per_s"] = args.batch * args.length / row["step_s"]
     layers = config.get("n_layer", config.get("num_hidden_layers"))
     width = config.get("n_embd", config.get("hidden_size"))
     print(f"{args.arch} {layers} layers x {width}, vocab {config['vocab_size']}; batch {args.batch} x {args.length} "
