@@ -35,9 +35,9 @@ BASE_RECIPE = {"sft": {"epochs": 2}, "rm": {"epochs": 1}, "dpo": {"epochs": 1}, 
 # Time of one step of each stage, and of its fixed work (loading, the tokenizer, DPO's reference
 # log-probs), in pretraining steps of the tiny model (batch 16 x 128 tokens), measured on a 2-core
 # machine; used to print the expected time of each stage up front.
-STEP_COST = {"pretrain": 1.0, "sft": 0.12, "rm": 0.15, "dpo": 0.2, "ppo": 0.5}
+STEP_COST = {"pretrain": 1.1, "sft": 0.15, "rm": 0.23, "dpo": 0.24, "ppo": 0.95}
 STAGE_SETUP = {"pretrain": 8, "sft": 4, "rm": 4, "dpo": 6, "ppo": 4}
-FIXED_STEPS = 12  # preference pairs, policy comparison, report
+FIXED_STEPS = 34  # the step-time probe, preference pairs, policy comparison, report
 BATCH = 16
 SFT_VAL_FRACTION = 0.1
 # The report calls the chatbot degenerate below these shares of the held-out prompts.
