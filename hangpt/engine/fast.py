@@ -199,6 +199,16 @@ class FastDecoder:
     """
 
     family = ""
+    mlp_width_field: str  # the config fields holding the MLP's width and the norms' epsilon
+    eps_field: str
+
+    @property
+    def mlp_width(self) -> int:
+        return getattr(self.model.config, self.mlp_width_field)
+
+    @property
+    def eps(self) -> float:
+        return getattr(self.model.config, self.eps_field)
 
     def __init__(self, model: CausalLM, lib: ctypes.CDLL):
         self.model, self.lib = model, lib
@@ -316,13 +326,7 @@ class GPT2Decoder(FastDecoder):
         "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
         "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
 
-    @property
-    def mlp_width(self) -> int:
-        return self.model.config.mlp_width
-
-    @property
-    def eps(self) -> float:
-        return self.model.config.layer_norm_epsilon
+    mlp_width_field, eps_field = "mlp_width", "layer_norm_epsilon"
 
     def tensors(self, head):
         """The LM head transposed in float32; in bf16 nn.Linear's (a copy would double its memory)."""
@@ -358,13 +362,7 @@ class RotaryDecoder(FastDecoder):
 class LlamaDecoder(RotaryDecoder):
     """llama, mistral, qwen2, qwen3: RMSNorms, SwiGLU, rotary on the whole head."""
 
-    @property
-    def mlp_width(self) -> int:
-        return self.model.config.intermediate_size
-
-    @property
-    def eps(self) -> float:
-        return self.model.config.rms_norm_eps
+    mlp_width_field, eps_field = "intermediate_size", "rms_norm_eps"
 
     @property
     def variant(self) -> tuple[int, ...]:
@@ -384,13 +382,7 @@ class GPTNeoXDecoder(RotaryDecoder):
     """GPT-NeoX (polyglot-ko): LayerNorms, the fused query_key_value read as it is (head by head),
     partial rotate-half rotary, a GELU MLP, the residual parallel or sequential."""
 
-    @property
-    def mlp_width(self) -> int:
-        return self.model.config.intermediate_size
-
-    @property
-    def eps(self) -> float:
-        return self.model.config.layer_norm_eps
+    mlp_width_field, eps_field = "intermediate_size", "layer_norm_eps"
 
     @property
     def variant(self) -> tuple[int, ...]:
@@ -409,13 +401,7 @@ class GPTJDecoder(RotaryDecoder):
     """GPT-J (KoGPT): one LayerNorm feeding attention and MLP in parallel, interleaved partial
     rotary, q/k/v/out without biases, a GELU MLP, the LM head with a bias."""
 
-    @property
-    def mlp_width(self) -> int:
-        return self.model.config.mlp_width
-
-    @property
-    def eps(self) -> float:
-        return self.model.config.layer_norm_epsilon
+    mlp_width_field, eps_field = "mlp_width", "layer_norm_epsilon"
 
     @property
     def variant(self) -> tuple[int, ...]:
