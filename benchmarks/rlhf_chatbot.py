@@ -1,10 +1,14 @@
-"""RLHF on ChatbotData: SFT -> reward model -> DPO and PPO, measured on held-out questions.
+"""RLHF on ChatbotData: SFT -> reward model -> DPO, PPO and GRPO, measured on held-out questions.
 
 Preferences are made from the Q/A pairs (chosen = the true answer, rejected = another question's
-answer or a corrupted copy: `hangpt rm make-pairs`). Reported: the reward model's pairwise accuracy
-on held-out pairs, and for the SFT, DPO and PPO policies the mean reward-model score of answers
-sampled (temperature 1) for held-out questions, with the KL to the SFT policy estimated on those
-samples (sum over answer tokens of log pi - log pi_sft).
+answer or a corrupted copy: `hangpt rm make-pairs`). The training questions are split in two
+halves: the reward model the policies are trained against ("rm") learns from the first, a judge
+reward model ("judge_rm") from the second, so a policy that only flatters "rm" wins nothing by the
+judge. Reported: both reward models' pairwise accuracy on held-out pairs; for SFT, DPO, PPO and
+GRPO, on answers sampled (temperature 1) for held-out questions, the mean "rm" reward, the mean
+judge reward and the win rate over SFT by the judge (ties count half), the KL to SFT (sum over
+answer tokens of log pi - log pi_sft on the policy's own samples), the mean answer length and its
+ratio to SFT's, and distinct-2.
 
     python benchmarks/rlhf_chatbot.py [--sft DIR] [--work /tmp/rlhf_chatbot] [--*-minutes N]
 
@@ -61,11 +65,12 @@ def main() -> None:
     ap.add_argument("--sft", default=None, help="An SFT checkpoint to start from (default: make one).")
     ap.add_argument("--work", default="/tmp/rlhf_chatbot")
     ap.add_argument("--sft-minutes", type=float, default=5)
-    ap.add_argument("--rm-minutes", type=float, default=3)
+    ap.add_argument("--rm-minutes", type=float, default=3, help="for each of the two reward models")
     ap.add_argument("--dpo-minutes", type=float, default=3)
     ap.add_argument("--ppo-minutes", type=float, default=5)
+    ap.add_argument("--grpo-minutes", type=float, default=5)
     ap.add_argument("--dpo-pairs", type=int, default=4000,
-                    help="Training pairs given to DPO (its reference log-probs are computed for all of them first).")
+                    help="DPO trains on at most this many of the reward model's pairs")
     ap.add_argument("--eval-prompts", type=int, default=200)
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
@@ -73,13 +78,12 @@ def main() -> None:
     if not Path(args.data).exists():
         sys.exit(f"{args.data}: not found (the benchmark needs ChatbotData.csv)")
 
-    from hangpt.checkpoint import load_checkpoint
     from hangpt.data.conversations import read_conversations
     from hangpt.data.preferences import make_pairs
-    from hangpt.train.compare import evaluate_policy, greedy_answers
+    from hangpt.train.compare import compare_policies
     from hangpt.train.dpo import train_dpo
+    from hangpt.train.grpo import GRPOConfig, train_grpo
     from hangpt.train.ppo import PPOConfig, train_ppo
-    from hangpt.train.rewards import reward_model_scorer
     from hangpt.train.reward import encode_pairs, evaluate_pairs, load_reward_model, train_reward_model
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -92,47 +96,63 @@ def main() -> None:
     sft = Path(args.sft) if args.sft else make_sft(work, train_convs, args.sft_minutes, args.seed)
     log(f"SFT model: {sft} ({time.time() - t0:.0f} s)")
 
-    train_pairs = make_pairs(train_convs, seed=args.seed)
-    rm_cfg = train_config(work / "rm", args.rm_minutes, 16, 3e-4, args.seed)
-    train_reward_model(sft, train_pairs, rm_cfg, max_length=96, val_fraction=0.0, log=log)
-    rm, rm_tok, rm_template, _ = load_reward_model(work / "rm")
+    # two reward models on disjoint halves of the questions: "rm" is the one the policies are trained
+    # against, "judge_rm" only judges them, so a policy that flatters "rm" gains nothing there
+    half = len(train_convs) // 2
+    halves = {"rm": make_pairs(train_convs[:half], seed=args.seed), "judge_rm": make_pairs(train_convs[half:], seed=args.seed)}
     acc = {}
-    for mode in ("mismatched", "corrupted"):
-        pairs = make_pairs(test_convs, seed=args.seed + 1, rejected=mode)
-        acc[mode] = evaluate_pairs(rm, encode_pairs(pairs, rm_template, rm_tok, 96), rm_tok.pad_id)["val_accuracy"]
-    rm_acc = (acc["mismatched"] + acc["corrupted"]) / 2
-    log(f"reward model held-out pairwise accuracy: {acc} ({time.time() - t0:.0f} s)")
+    for name, pairs in halves.items():
+        train_reward_model(sft, pairs, train_config(work / name, args.rm_minutes, 16, 3e-4, args.seed), max_length=96,
+                           val_fraction=0.0, log=log)
+        rm, rm_tok, rm_template, _ = load_reward_model(work / name)
+        for mode in ("mismatched", "corrupted"):
+            held_out = make_pairs(test_convs, seed=args.seed + 1, rejected=mode)
+            acc[name, mode] = evaluate_pairs(rm, encode_pairs(held_out, rm_template, rm_tok, 96), rm_tok.pad_id)["val_accuracy"]
+        log(f"{name}: held-out pairwise accuracy {acc[name, 'mismatched']:.3f} mismatched, "
+            f"{acc[name, 'corrupted']:.3f} corrupted ({time.time() - t0:.0f} s)")
+    rm_acc = (acc["rm", "mismatched"] + acc["rm", "corrupted"]) / 2
 
-    train_dpo(sft, train_pairs[: args.dpo_pairs], train_config(work / "dpo", args.dpo_minutes, 16, 1e-4, args.seed), beta=0.1,
-              max_length=96, val_fraction=0.0, log=log)
+    train_dpo(sft, halves["rm"][: args.dpo_pairs], train_config(work / "dpo", args.dpo_minutes, 16, 5e-5, args.seed),
+              beta=0.1, rpo_alpha=1.0, max_length=96, val_fraction=0.0, log=log)
     log(f"DPO done ({time.time() - t0:.0f} s)")
+    train_prompts = [c[0]["content"] for c in train_convs[:half]]
+    rm_reward = [f"rm:{work / 'rm'}"]
     ppo_cfg = train_config(work / "ppo", args.ppo_minutes, 16, 5e-5, args.seed)
     ppo_cfg.weight_decay = 0.0
-    train_prompts = [c[0]["content"] for c in train_convs]
     train_ppo(sft, train_prompts, None, ppo_cfg, PPOConfig(mini_batch_size=8, ppo_epochs=2,
-              max_new_tokens=args.max_new_tokens, kl_coef=0.05), reward_model=work / "rm", log=log)
+              max_new_tokens=args.max_new_tokens, kl_coef=0.05), rewards=rm_reward, log=log)
     log(f"PPO done ({time.time() - t0:.0f} s)")
+    grpo_cfg = train_config(work / "grpo", args.grpo_minutes, 16, 5e-5, args.seed)
+    grpo_cfg.weight_decay = 0.0
+    train_grpo(sft, train_prompts, None, grpo_cfg, GRPOConfig(num_generations=8, max_completion_length=args.max_new_tokens),
+               rewards=rm_reward, log=log)
+    log(f"GRPO done ({time.time() - t0:.0f} s)")
 
-    sft_ckpt = load_checkpoint(sft)
-    sft_model = sft_ckpt.model
-    score_fn = reward_model_scorer(work / "rm", sft_ckpt.tokenizer)
     prompts = [c[0]["content"] for c in test_convs]
-    policies = {"sft": sft, "dpo": work / "dpo", "ppo": work / "ppo"}
-    results = {name: evaluate_policy(path, sft_model, prompts, score_fn, args.max_new_tokens, args.seed)
-               for name, path in policies.items()}
-
-    print(f"reward model held-out pairwise accuracy: mismatched {acc['mismatched']:.3f}, corrupted {acc['corrupted']:.3f}")
-    print(f"{'policy':<8}{'mean RM reward':>16}{'KL to SFT':>12}{'answer tokens':>15}")
-    for name, r in results.items():
-        print(f"{name:<8}{r['reward']:>16.3f}{r['kl']:>12.3f}{r['length']:>15.1f}")
-    greedy = {name: greedy_answers(path, prompts[:4], args.max_new_tokens) for name, path in policies.items()}
-    for i, prompt in enumerate(prompts[:4]):
-        for name in policies:
-            print(f"  [{name}, greedy] {prompt} -> {greedy[name][i]}")
+    judge = f"rm:{work / 'judge_rm'}"
+    report = compare_policies({"sft": sft, "dpo": work / "dpo", "ppo": work / "ppo", "grpo": work / "grpo"}, sft,
+                              work / "rm", prompts, seed=args.seed, max_new_tokens=args.max_new_tokens, n_samples=4,
+                              judges=[judge])
+    rows = report["policies"]
+    sft_length = rows["sft"]["length"]
+    print(f"reward model (trained against): held-out pairwise accuracy {acc['rm', 'mismatched']:.3f} mismatched, "
+          f"{acc['rm', 'corrupted']:.3f} corrupted")
+    print(f"judge reward model (other half of the questions): {acc['judge_rm', 'mismatched']:.3f} mismatched, "
+          f"{acc['judge_rm', 'corrupted']:.3f} corrupted")
+    print(f"{'policy':<8}{'RM reward':>11}{'judge RM':>10}{'win vs SFT':>12}{'KL to SFT':>11}{'tokens':>8}{'vs SFT':>8}"
+          f"{'distinct2':>11}")
+    for name, r in rows.items():
+        print(f"{name:<8}{r['reward']:>11.3f}{r[f'judge/{judge}']:>10.3f}{r[f'win/{judge}']:>12.3f}{r['kl']:>11.3f}"
+              f"{r['length']:>8.1f}{r['length'] / sft_length:>8.2f}{r['distinct2']:>11.3f}")
+    for sample in report["samples"]:
+        for name, answer in sample["answers"].items():
+            print(f"  [{name}, greedy] {sample['prompt']} -> {answer}")
     print(f"({len(prompts)} held-out questions, {time.time() - t0:.0f} s in all)")
-    print(f"RESULT rlhf_chatbot rm_acc={rm_acc:.3f} sft_reward={results['sft']['reward']:.3f} "
-          f"dpo_reward={results['dpo']['reward']:.3f} ppo_reward={results['ppo']['reward']:.3f} "
-          f"dpo_kl={results['dpo']['kl']:.3f} ppo_kl={results['ppo']['kl']:.3f}")
+    print("RESULT rlhf_chatbot " + " ".join(
+        [f"rm_acc={rm_acc:.3f}"] + [f"{n}_reward={r['reward']:.3f}" for n, r in rows.items()]
+        + [f"{n}_win={rows[n][f'win/{judge}']:.3f}" for n in ("dpo", "ppo", "grpo")]
+        + [f"{n}_kl={rows[n]['kl']:.3f}" for n in ("dpo", "ppo", "grpo")]
+        + [f"{n}_length_ratio={rows[n]['length'] / sft_length:.2f}" for n in ("dpo", "ppo", "grpo")]))
 
 
 if __name__ == "__main__":
