@@ -52,6 +52,12 @@ def test_engine_follows_weights_that_change_in_place(tiny_checkpoint):
     assert after == Engine(ckpt.model, ckpt.tokenizer).generate(["저는"], cfg)[0][0].token_ids
 
 
+def test_no_prompts_give_no_completions(engine):
+    """An empty list is an empty batch, not an error (callers slice prompt lists to zero)."""
+    assert engine.generate([], no_eos(max_new_tokens=4)) == []
+    assert engine.generate([], no_eos(max_new_tokens=4, num_beams=2)) == []
+
+
 def test_seed_repeats_and_differs(engine):
     cfg = no_eos(max_new_tokens=20, do_sample=True, top_k=50, top_p=0.95, seed=7)
     a = engine.generate(["저는"], cfg)[0][0].token_ids

@@ -87,6 +87,8 @@ class Engine:
         """Batched (different lengths, left-padded); one list of num_return_sequences completions per prompt."""
         self.check(config)
         ids = [self.encode(p) for p in prompts]
+        if not ids:
+            return []
         if config.num_beams > 1:
             return beam_search(self, ids, config)
         out: list[list[Completion]] = [[] for _ in ids]
