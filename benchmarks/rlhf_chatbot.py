@@ -100,14 +100,14 @@ def main() -> None:
     # against, "judge_rm" only judges them, so a policy that flatters "rm" gains nothing there
     half = len(train_convs) // 2
     halves = {"rm": make_pairs(train_convs[:half], seed=args.seed), "judge_rm": make_pairs(train_convs[half:], seed=args.seed)}
+    held_out = {mode: make_pairs(test_convs, seed=args.seed + 1, rejected=mode) for mode in ("mismatched", "corrupted")}
     acc = {}
     for name, pairs in halves.items():
         train_reward_model(sft, pairs, train_config(work / name, args.rm_minutes, 16, 3e-4, args.seed), max_length=96,
                            val_fraction=0.0, log=log)
         rm, rm_tok, rm_template, _ = load_reward_model(work / name)
-        for mode in ("mismatched", "corrupted"):
-            held_out = make_pairs(test_convs, seed=args.seed + 1, rejected=mode)
-            acc[name, mode] = evaluate_pairs(rm, encode_pairs(held_out, rm_template, rm_tok, 96), rm_tok.pad_id)["val_accuracy"]
+        for mode, pairs_of_mode in held_out.items():
+            acc[name, mode] = evaluate_pairs(rm, encode_pairs(pairs_of_mode, rm_template, rm_tok, 96), rm_tok.pad_id)["val_accuracy"]
         log(f"{name}: held-out pairwise accuracy {acc[name, 'mismatched']:.3f} mismatched, "
             f"{acc[name, 'corrupted']:.3f} corrupted ({time.time() - t0:.0f} s)")
     rm_acc = (acc["rm", "mismatched"] + acc["rm", "corrupted"]) / 2
