@@ -79,6 +79,25 @@ def test_make_pairs_chosen_is_the_real_answer():
     assert all(p.rejected in {c[-1]["content"] for c in convs} for p in mismatched)
 
 
+def test_corrupted_answers_go_wrong_in_each_way_a_policy_does():
+    answers = [f"대답 번호 {i} 입니다" for i in range(40)]
+    convs = [[{"role": "user", "content": f"질문 {i}"}, {"role": "assistant", "content": a}] for i, a in enumerate(answers)]
+    kinds = set()
+    for p in make_pairs(convs, seed=0, rejected="corrupted") + make_pairs(convs, seed=1, rejected="corrupted"):
+        words, bad = p.chosen.split(), p.rejected.split()
+        if p.rejected.startswith(p.chosen + " ") and p.rejected[len(p.chosen) + 1 :] in answers:
+            kinds.add("padded")  # another question's answer appended
+        elif bad[: len(words)] == words and len(set(bad[len(words) :])) == 1 and 3 <= len(bad) - len(words) <= 6:
+            kinds.add("repeated")  # one of its words said over and over
+        elif sorted(bad) == sorted(words):
+            kinds.add("shuffled")
+        elif p.chosen.startswith(p.rejected) and len(p.rejected) < len(p.chosen):
+            kinds.add("cut")
+        else:
+            kinds.add("mismatched")  # the fallback when the drawn corruption leaves the answer as it is
+    assert {"padded", "repeated", "shuffled", "cut"} <= kinds
+
+
 def test_encode_answer_marks_answer_and_end_marker(tiny_tokenizer, tiny_checkpoint):
     from hangpt.checkpoint import load_checkpoint
 

@@ -1,4 +1,4 @@
-"""`hangpt rm train|score|eval|make-pairs`, `hangpt dpo`, `hangpt ppo`, `hangpt grpo` and `hangpt compare`:
+"""`hangpt rm train|score|eval|make-pairs|rank-samples`, `hangpt dpo`, `hangpt ppo`, `hangpt grpo` and `hangpt compare`:
 alignment with preferences and rewards."""
 
 from __future__ import annotations
@@ -108,29 +108,72 @@ def rm_eval(model, data, batch_size, device, as_json):
               help="Q/A data (ChatbotData CSV, prompt/completion or messages JSON(L)).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Preference JSONL file to write.")
 @click.option("--rejected", type=click.Choice(["mixed", "mismatched", "corrupted"]), default="mixed", show_default=True,
-              help="Rejected answer: another question's answer, a corrupted copy (shuffled/cut), or either.")
+              help="Rejected answer: another question's answer, a corrupted copy (shuffled, cut, a word repeated, "
+                   "another answer appended), or either.")
 @click.option("--question-column", default="Q", show_default=True, help="CSV/TSV column with the question.")
 @click.option("--answer-column", default="A", show_default=True, help="CSV/TSV column with the answer.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
 def make_pairs_cmd(data, out, rejected, question_column, answer_column, seed, as_json):
     """Make preference pairs from Q/A data when no human labels exist (chosen = the real answer)."""
-    import json
-    from pathlib import Path
-
-    from ..checkpoint import write_file_atomic
     from ..data.conversations import read_conversations
     from ..data.preferences import make_pairs
 
     conversations = read_conversations(data, question_column=question_column, answer_column=answer_column)
     pairs = make_pairs(conversations, seed=seed, rejected=rejected)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs)
-    write_file_atomic(out, text.encode("utf-8"))
+    _write_pairs(out, pairs)
     if as_json:
         print_json({"out": out, "pairs": len(pairs)})
     else:
         click.echo(f"{len(pairs)} preference pairs written to {out}")
+
+
+@rm.command("rank-samples")
+@click.option("--model", required=True, help="The policy whose answers are sampled (e.g. the SFT model DPO will start from).")
+@click.option("--reward-model", default=None, help="Reward model folder; same as --reward rm:DIR.")
+@click.option("--reward", "rewards", multiple=True, help=_REWARD_HELP)
+@click.option("--prompts", required=True, type=click.Path(dir_okay=False), help=_PROMPTS_HELP)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Preference JSONL file to write.")
+@click.option("--num-samples", type=click.IntRange(min=2), default=4, show_default=True, help="Answers sampled per prompt.")
+@sampling_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Prompts sampled at once.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+def rank_samples_cmd(model, reward_model, rewards, prompts, out, num_samples, seed, batch_size, device, as_json, **opts):
+    """Preference pairs from the model's own answers: sample --num-samples answers to each prompt,
+    score them with the reward, write the best finished answer as chosen and the worst as rejected.
+    DPO on these pairs (`hangpt dpo --data OUT`) raises what the reward prefers among answers the
+    model really writes, as online DPO does. Sampling: temperature 1, at most 64 new tokens unless given."""
+    from ..data.preferences import read_prompts
+    from ..errors import InputError
+    from ..train.ranked_pairs import rank_samples
+
+    specs = _reward_specs(reward_model, rewards)
+    sampling = sampling_settings(opts)
+    prompt_list = read_prompts(prompts)
+    log(f"{len(prompt_list)} prompts from {prompts}{prompt_list.skipped_note('prompts')}")
+    pairs = rank_samples(model, list(prompt_list), specs, num_samples, sampling.pop("max_new_tokens", 64),
+                         sampling.pop("temperature", 1.0), sampling, seed, batch_size, device, log=log)
+    if not pairs:
+        raise InputError(f"{prompts}: no pairs: no sampled answer ended, or all answers to each prompt scored alike "
+                         f"(try more --max-new-tokens or --num-samples)")
+    _write_pairs(out, pairs)
+    if as_json:
+        print_json({"out": out, "pairs": len(pairs), "prompts": len(prompt_list)})
+    else:
+        click.echo(f"{len(pairs)} preference pairs from {len(prompt_list)} prompts written to {out}")
+
+
+def _write_pairs(out, pairs) -> None:
+    """Preference pairs as TRL-shaped JSON lines, written atomically."""
+    import json
+    from pathlib import Path
+
+    from ..checkpoint import write_file_atomic
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(out, "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs).encode("utf-8"))
 
 
 @click.command()
@@ -210,6 +253,19 @@ def ppo(model, reward_model, rewards, prompts, out, mini_batch_size, ppo_epochs,
     _rl_report("PPO", out, summary, as_json)
 
 
+def _reward_specs(reward_model, rewards) -> list[str]:
+    """--reward-model DIR and the --reward specs as one checked list of specs."""
+    from ..errors import InputError
+    from ..train.rewards import parse_reward_spec
+
+    specs = [*([f"rm:{reward_model}"] if reward_model else []), *rewards]
+    if not specs:
+        raise InputError("give --reward-model or --reward")
+    for spec in specs:
+        parse_reward_spec(spec)
+    return specs
+
+
 def _rl_setup(prompts, out, opts: dict, stage: str, reward_model, rewards, per_prompt: int = 1):
     """(prompts, TrainConfig, sampling settings) of an online RL command, reward specs checked
     first: batch 16, lr 1e-5, no weight decay, 100 steps unless --max-steps, --time-budget or
@@ -218,12 +274,8 @@ def _rl_setup(prompts, out, opts: dict, stage: str, reward_model, rewards, per_p
 
     from ..data.preferences import read_prompts
     from ..errors import InputError
-    from ..train.rewards import parse_reward_spec
 
-    if not (reward_model or rewards):
-        raise InputError("give --reward-model or --reward")
-    for spec in rewards:
-        parse_reward_spec(spec)
+    _reward_specs(reward_model, rewards)
     sampling = sampling_settings(opts)
     if sampling.get("temperature", 1.0) <= 0:
         raise InputError(f"--temperature must be > 0 for {stage} rollouts (the policy's log-probabilities divide by it)")
@@ -285,7 +337,7 @@ def grpo(model, rewards, reward_model, prompts, out, num_generations, beta, epsi
 
     require_model(model, opts["resume"])
     prompt_list, cfg, sampling = _rl_setup(prompts, out, opts, "GRPO", reward_model, rewards, per_prompt=num_generations)
-    specs = [*([f"rm:{reward_model}"] if reward_model else []), *rewards]
+    specs = _reward_specs(reward_model, rewards)
     settings = GRPOConfig(num_generations=num_generations, beta=beta, epsilon=epsilon, epsilon_high=epsilon_high,
                           temperature=sampling.pop("temperature", 1.0), max_completion_length=sampling.pop("max_new_tokens", 64),
                           loss_type=loss_type, scale_rewards=scale_rewards, num_iterations=num_iterations, sampling=sampling)

@@ -75,7 +75,7 @@ def read_prompts(path: str | Path) -> Records:
 def make_pairs(conversations: list[list[dict]], seed: int = 0, rejected: str = "mixed") -> list[PreferencePair]:
     """Synthetic preferences from Q/A data when no human labels exist: chosen is the real answer,
     rejected the answer of another question ("mismatched"), a corrupted copy ("corrupted": words
-    shuffled or cut short), or either at random ("mixed")."""
+    shuffled, cut short, a word repeated, or another answer appended), or either at random ("mixed")."""
     if rejected not in ("mixed", "mismatched", "corrupted"):
         raise InputError(f"--rejected {rejected!r}: choose mixed, mismatched or corrupted")
     rng = random.Random(seed)
@@ -86,11 +86,16 @@ def make_pairs(conversations: list[list[dict]], seed: int = 0, rejected: str = "
     for conv, answer in zip(conversations, answers):
         prompt = conv[0]["content"] if len(conv) == 2 and conv[0]["role"] == "user" else conv[:-1]
         mode = rejected if rejected != "mixed" else rng.choice(("mismatched", "corrupted"))
-        bad = _corrupt(answer, rng) if mode == "corrupted" else None
+        bad = _corrupt(answer, rng, answers) if mode == "corrupted" else None
         while bad is None or bad == answer:
             bad = answers[rng.randrange(len(answers))]
         pairs.append(PreferencePair(prompt, answer, bad))
     return pairs
+
+
+def prompt_messages(prompt: str | list[dict]) -> list[dict]:
+    """A prompt as chat messages: user text becomes one user message; a conversation stays as it is."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 def encode_answer(template: ChatTemplate, tokenizer, prompt: str | list[dict], answer: str,
@@ -98,8 +103,7 @@ def encode_answer(template: ChatTemplate, tokenizer, prompt: str | list[dict], a
     """(input_ids, answer_mask) of prompt + answer rendered with the chat template: the mask marks
     the answer and its end marker, exactly the tokens SFT trains on. The one encoding the reward
     model, DPO and PPO scoring share. Too long: the prompt loses its start, then the answer its end."""
-    messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt))
-    ids, labels = template.encode_example(tokenizer, messages + [{"role": "assistant", "content": answer}])
+    ids, labels = template.encode_example(tokenizer, prompt_messages(prompt) + [{"role": "assistant", "content": answer}])
     mask = [int(label != IGNORE_INDEX) for label in labels]
     if len(ids) > max_length:
         n_answer = sum(mask)
@@ -207,14 +211,23 @@ def _ranking_pairs(record: dict, prompt, where: str) -> list[PreferencePair]:
     return pairs
 
 
-def _corrupt(answer: str, rng: random.Random) -> str | None:
-    """Shuffled words, or the first half of the answer; None when neither changes it."""
+def _corrupt(answer: str, rng: random.Random, answers: list[str]) -> str | None:
+    """A worse copy of the answer, made one of the ways generated answers go wrong: words shuffled,
+    cut short, one word repeated over and over (what a policy that games a reward model tends to
+    write), or padded with another question's answer (longer, off topic). None when the chosen way
+    does not change it."""
     words = answer.split()
-    if len(words) >= 3 and rng.random() < 0.5:
+    kind = rng.choice(("shuffled", "cut", "repeated", "padded"))
+    if kind == "shuffled" and len(words) >= 3:
         shuffled = words[:]
         for _ in range(5):
             rng.shuffle(shuffled)
             if shuffled != words:
                 return " ".join(shuffled)
+    if kind == "repeated" and words:
+        return " ".join(words + [rng.choice(words)] * rng.randint(3, 6))
+    if kind == "padded":
+        other = answers[rng.randrange(len(answers))]
+        return f"{answer} {other}" if other != answer else None
     half = len(answer) // 2
     return answer[:half].rstrip() if half >= 2 else None

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint
+from ..data.preferences import prompt_messages
 from ..engine import Engine, GenerationConfig
 from ..templates import template_for
 from .rewards import ScoreFn, build_scorer
@@ -32,7 +33,7 @@ def sample_policy(policy_dir: str | Path, reference, prompts: list[str], max_new
     template, tok = template_for(ckpt.meta, ckpt.tokenizer), ckpt.tokenizer
     responses, kls = [], []
     for i in range(0, len(prompts), batch_size):
-        prompt_ids = [template.encode_prompt(tok, [{"role": "user", "content": p}]) for p in prompts[i : i + batch_size]]
+        prompt_ids = [template.encode_prompt(tok, prompt_messages(p)) for p in prompts[i : i + batch_size]]
         chunk = sample_responses(ckpt.model, tok, prompt_ids, max_new_tokens, 1.0, seed + i)
         roll = Rollout.build(prompt_ids, chunk, tok.pad_id)
         kls += ((lm_logprobs(ckpt.model, roll) - lm_logprobs(reference, roll)) * roll.response_mask).sum(-1).tolist()
@@ -59,7 +60,7 @@ def evaluate_policy(policy_dir: str | Path, reference, prompts: list[str], score
 def greedy_answers(policy_dir: str | Path, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
     ckpt = load_checkpoint(policy_dir)
     template, tok = template_for(ckpt.meta, ckpt.tokenizer), ckpt.tokenizer
-    prompt_ids = [template.encode_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
+    prompt_ids = [template.encode_prompt(tok, prompt_messages(p)) for p in prompts]
     gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=template.stop_strings(tok), valid_utf8=True)
     return [c[0].text.strip() for c in Engine(ckpt.model, tok).generate(prompt_ids, gen)]
 

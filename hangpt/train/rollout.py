@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..checkpoint import save_checkpoint
 from ..data.batches import ShuffledBatches
-from ..data.preferences import chat_template
+from ..data.preferences import chat_template, prompt_messages
 from ..errors import InputError
 from ..plotting import reward_curve_png
 from ..models.lora import adapters_disabled, has_lora
@@ -106,8 +106,7 @@ class Policy:
     state: dict | None  # train state to resume from
 
     def encode_prompt(self, prompt) -> list[int]:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        return self.template.encode_prompt(self.ckpt.tokenizer, messages)
+        return self.template.encode_prompt(self.ckpt.tokenizer, prompt_messages(prompt))
 
     def save_fn(self, stage: str, extra_tensors: Callable[[], dict] = dict):
         """save(out, train_state, summary, files) for the stage's checkpoints."""
