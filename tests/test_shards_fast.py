@@ -1,9 +1,12 @@
 """The fast corpus encoder (tiktoken with the tokenizer's own merges) gives the Hugging Face
-tokenizer's ids exactly, and steps aside for tokenizers it cannot reproduce."""
+tokenizer's ids exactly, and steps aside for tokenizers it cannot reproduce; the corpus is read
+ahead in a thread whose errors reach the caller unchanged."""
 
 from __future__ import annotations
 
 import random
+import threading
+import time
 import unicodedata
 from unittest import mock
 
@@ -11,8 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import make_corpus
-from hangpt.data import shards
+from hangpt.data import shards, text
+from hangpt.data.prefetch import prefetch
 from hangpt.data.shards import build_shards
+from hangpt.errors import InputError
 from hangpt.tokenizer import Tokenizer, train_tokenizer
 from tokenizer_folders import kogpt2_folder
 
@@ -89,3 +94,62 @@ def test_sentencepiece_style_tokenizer_takes_the_hf_path(tmp_path):
     built = build_shards([corpus], tok, tmp_path / "cache", val_fraction=0.1)
     docs = corpus.read_text(encoding="utf-8").splitlines()
     assert np.array_equal(built.tokens("val"), reference(tok, docs[9::10]))
+
+
+def prefetch_threads_end(timeout: float = 5.0) -> bool:
+    for thread in [t for t in threading.enumerate() if t.name == "prefetch"]:
+        thread.join(timeout)
+    return not any(t.name == "prefetch" for t in threading.enumerate())
+
+
+def test_prefetch_yields_the_items_in_order():
+    items = [[i] * (i % 5) for i in range(1000)]
+    assert list(prefetch(iter(items), depth=3)) == items
+    assert list(prefetch([], depth=1)) == []
+    assert prefetch_threads_end()
+
+
+def test_prefetch_raises_the_producers_error_in_the_consumer():
+    def produce():
+        yield 1
+        yield 2
+        raise InputError("corpus.txt: line 3 is not valid UTF-8")
+
+    got = []
+    with pytest.raises(InputError) as caught:
+        for item in prefetch(produce()):
+            got.append(item)
+    assert got == [1, 2] and str(caught.value) == "corpus.txt: line 3 is not valid UTF-8"
+    assert prefetch_threads_end()
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_stops_early():
+    produced = 0
+
+    def endless():
+        nonlocal produced
+        while True:
+            produced += 1
+            yield produced
+
+    items = prefetch(endless(), depth=2)
+    assert [next(items) for _ in range(5)] == [1, 2, 3, 4, 5]
+    time.sleep(0.05)  # the producer fills the queue and waits
+    items.close()
+    assert prefetch_threads_end()
+    assert produced <= 5 + 2 + 1  # the items consumed, the queue's, and the one being made
+
+
+def test_bad_utf8_line_stops_build_shards_with_its_file_and_line(tmp_path, tokenizer):
+    """Small read blocks and batches: the bad line is reached with batches being encoded and written."""
+    lines = [line.encode("utf-8") for line in make_corpus(300, seed=3)]
+    lines[249] = "깨진 줄".encode("cp949")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"\n".join(lines) + b"\n")
+    with mock.patch.object(text, "BLOCK_BYTES", 4096), mock.patch.object(shards, "BATCH_CHARS", 1000):
+        with pytest.raises(InputError) as caught:
+            build_shards([corpus], tokenizer, tmp_path / "cache", val_fraction=0.1)
+    assert str(caught.value) == (f"{corpus}: line 250 is not valid UTF-8 (it looks like cp949/euc-kr: "
+                                 f"convert it with `iconv -f cp949 -t utf-8`)")
+    assert prefetch_threads_end()
+    assert list((tmp_path / "cache").iterdir()) == []  # the partial folder is removed

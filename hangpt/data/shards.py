@@ -9,7 +9,7 @@ repeated run reuses it instead of re-tokenizing.
 A byte-level BPE as hangpt trains it is encoded by tiktoken with the same merges: the Hugging Face
 tokenizer's ids exactly, in a sixth of the CPU time. Each call encodes a block of documents joined
 by <eos> (~1 MB) and gives the shard's layout directly; tiktoken releases the GIL, so one thread per
-core encodes while the main thread reads and writes in order, a few blocks in flight.
+core encodes while a reading thread reads ahead and the main thread writes in order, a few blocks in flight.
 Tokenizers tiktoken cannot reproduce (SentencePiece-style, BPE variants) go through `tokenizers`.
 
 Bits per byte needs the UTF-8 size of the text the validation tokens cover: `val_docs.npy` holds,
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .prefetch import prefetch
 from .text import expand_paths, iter_document_blocks, read_lines
 
 FORMAT_VERSION = 1
@@ -164,6 +165,7 @@ def _write_shards(files, tokenizer, folder: Path, val_fraction, text_column, log
     outs = {s: open(folder / f"{s}.bin", "wb") for s in ("train", "val")}
     encode = _encoder(tokenizer)
     bar = tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    batches = prefetch(_batches(iter_corpus_blocks(files, text_column)), depth=2)  # read while encoding and writing
 
     def write(first: int, batch: list[str], encoded: tuple[np.ndarray, np.ndarray]) -> None:
         ids, n_tokens = encoded
@@ -185,13 +187,14 @@ def _write_shards(files, tokenizer, folder: Path, val_fraction, text_column, log
     try:
         with ThreadPoolExecutor(workers) as pool:
             pending: deque = deque()
-            for first, batch in _batches(iter_corpus_blocks(files, text_column)):
+            for first, batch in batches:
                 pending.append((first, batch, pool.submit(encode, batch)))
                 while len(pending) > 2 * workers or (pending and pending[0][2].done()):  # bounded memory
                     write(*_resolved(pending.popleft()))
             while pending:
                 write(*_resolved(pending.popleft()))
     finally:
+        batches.close()  # stops the reading thread
         bar.close()
         for f in outs.values():
             f.close()
