@@ -2,11 +2,12 @@
 
 `build_shards` on the Korean texts + NSMC training reviews (about 17 MB of UTF-8), once through
 Hugging Face `tokenizers`' batch encode (the reference) and once through the fast path (tiktoken
-with the same merges, in `--workers` threads while the main thread reads and writes). The two
+with the same merges, in `--workers` threads while a thread reads ahead and the main thread writes). The two
 `train.bin` / `val.bin` must be byte-identical: the ids are the HF tokenizer's on the whole corpus.
 The two paths alternate, so load from other processes hits both alike; MB/s is of UTF-8 text per
 wall-clock second (the median of the repeats), and per CPU-second (all threads), which load on a
-shared machine changes less.
+shared machine changes less. The stages alone (reading the corpus into documents, and the fast encoder
+on one thread) are timed too: the build can be no faster than the slower of reading and encoding / workers.
 
     python benchmarks/tokenize_throughput.py [--data-dir ../shared/data] [--tokenizer DIR] [--repeats 2] [--workers N]
 
@@ -29,7 +30,7 @@ from unittest import mock
 import numpy as np
 
 from hangpt.data import shards
-from hangpt.data.shards import build_shards, iter_corpus, usable_cores
+from hangpt.data.shards import build_shards, iter_corpus, iter_corpus_blocks, usable_cores
 from hangpt.tokenizer import Tokenizer, train_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -52,7 +53,10 @@ def main() -> None:
     args = ap.parse_args()
     files = [args.data_dir / "korean_text", args.data_dir / "nsmc" / "ratings_train.txt.gz"]
     column = "document"
-    n_bytes = sum(len(d.encode("utf-8")) for d in iter_corpus(files, column))
+    w0, c0 = time.perf_counter(), time.process_time()
+    blocks = list(iter_corpus_blocks(files, column))
+    read_wall, read_cpu = time.perf_counter() - w0, time.process_time() - c0
+    n_bytes = sum(len(d.encode("utf-8")) for block in blocks for d in block)
     with tempfile.TemporaryDirectory(prefix="hangpt-tokbench-") as tmp:
         tmp = Path(tmp)
         if args.tokenizer:
@@ -65,6 +69,15 @@ def main() -> None:
         print(f"{n_bytes / 1e6:.1f} MB of UTF-8 text; {args.workers} encoding workers, {os.cpu_count()} CPUs "
               f"({usable_cores()} usable), load average {os.getloadavg()[0]:.1f}; fast path "
               f"{'applies' if fast_ok else 'does not apply'} to this tokenizer")
+        if fast_ok:
+            encode = shards._encoder(tok)
+            c0 = time.process_time()
+            for _, batch in shards._batches(blocks):
+                encode(batch)
+            encode_cpu = time.process_time() - c0
+            print(f"stages alone: reading {n_bytes / 1e6 / read_wall:.1f} MB/s ({n_bytes / 1e6 / read_cpu:.1f} MB/CPU-s), "
+                  f"fast encoding {n_bytes / 1e6 / encode_cpu:.1f} MB/CPU-s on one thread")
+        del blocks
         runs: dict[str, list[tuple[float, float]]] = {"hf": [], "fast": []}
         folders = {}
         for r in range(args.repeats):
