@@ -26,7 +26,7 @@ from .errors import InputError
 # load. Epoch counts are turned into steps once the data size is known. With --base the model is
 # already pretrained: fewer epochs, and no pretraining.
 RECIPE = {"pretrain": {"steps": 200}, "sft": {"epochs": 6}, "rm": {"epochs": 3}, "dpo": {"epochs": 2},
-          "ppo": {"steps": 20}}
+          "ppo": {"steps": 40}}
 # the pretrained model: the Llama layout at the tiny preset's widths, with a vocabulary sized to
 # the ~100 KB of text (a 4096-token BPE; the preset's 8192 would stop near 4300 tokens anyway)
 PRETRAIN_ARCH = "llama"
@@ -40,6 +40,9 @@ STAGE_SETUP = {"pretrain": 8, "sft": 4, "rm": 4, "dpo": 6, "ppo": 4}
 FIXED_STEPS = 34  # the step-time probe, preference pairs, policy comparison, report
 BATCH = 16
 SFT_VAL_FRACTION = 0.1
+# Answers sampled per held-out prompt for the policies' mean reward and KL: with one, sampling noise
+# (about +-0.3 in reward over 40 prompts) is as large as what DPO and PPO change.
+HELD_OUT_SAMPLES = 8
 # The report calls the chatbot degenerate below these shares of the held-out prompts.
 MIN_DISTINCT, MIN_ON_TOPIC = 0.75, 0.5
 STAGES = ("pretrain", "sft", "rm", "dpo", "ppo")
@@ -190,7 +193,7 @@ class Demo:
         """Steps per stage from the recipe and the data size; the expected time from a measured
         step. With a minutes budget, every stage is scaled down alike to fit it."""
         recipe = BASE_RECIPE if self.base else RECIPE
-        sizes = {"sft": len(conversations), "rm": n_pairs, "dpo": n_pairs}
+        sizes = {"sft": len(conversations), "rm": n_pairs, "dpo": len(conversations)}  # dpo: one pair per question at most
         for stage in self.stages:
             r = recipe[stage]
             steps = r.get("steps") or math.ceil(r["epochs"] * math.ceil(sizes[stage] * 0.9) / BATCH)
@@ -244,7 +247,7 @@ class Demo:
         self.sft(conversations)
         self.write_pairs(pairs)
         self.reward_model(pairs)
-        self.dpo(pairs)
+        self.dpo(conversations)
         self.ppo(conversations)
         self.compare()
         self.result.minutes = round((time.perf_counter() - start) / 60, 2)
@@ -298,10 +301,19 @@ class Demo:
 
     def write_pairs(self, pairs) -> None:
         self._stage("pairs", "preference pairs: chosen = the real answer, rejected = a mismatched or corrupted one")
-        path = self.out / "preferences.jsonl"
-        path.write_text("".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+        self._write_jsonl(self.out / "preferences.jsonl", pairs)
         self.result.figures["preference_pairs"] = len(pairs)
+
+    def _write_jsonl(self, path: Path, pairs) -> None:
+        from .data.preferences import preferences_jsonl
+
+        path.write_text(preferences_jsonl(pairs), encoding="utf-8")
         self.log(f"  {len(pairs)} pairs written to {path}")
+
+    @staticmethod
+    def _training_prompts(conversations) -> list[str]:
+        """The questions of the chat pairs: what PPO samples for and DPO's answers are ranked on."""
+        return [c[-2]["content"] for c in conversations]
 
     def reward_model(self, pairs) -> None:
         from .train.reward import train_reward_model
@@ -315,16 +327,26 @@ class Demo:
         self.log(f"  held-out pairwise accuracy {_fmt(summary['final'].get('val_accuracy'))}")
         self._stage_done()
 
-    def dpo(self, pairs) -> None:
+    def dpo(self, conversations) -> None:
         from .train.dpo import train_dpo
+        from .train.ranked_pairs import rank_samples
 
-        self._stage("dpo", "Direct Preference Optimization against the frozen SFT model")
-        # the RPO term (DPO + the chosen answers' cross-entropy) keeps the small model writing real
-        # answers; plain DPO drifts away from both answers of a pair into text SFT never wrote
-        cfg = self._train_config("dpo", lr=2e-5 if self.base else 1e-4)
+        self._stage("dpo", "DPO on the SFT model's own answers: 4 sampled per training question, the reward "
+                           "model's best against its worst")
+        # pairs of answers the SFT model really writes: DPO on the synthetic pairs (real answer vs
+        # another question's) pushes down answers it never gives and lowered the held-out reward
+        prompts = self._training_prompts(conversations)
+        prompts = prompts[: math.ceil(self.steps["dpo"] * BATCH / (1 - SFT_VAL_FRACTION))]  # no more than DPO can use
+        pairs = rank_samples(self.out / "sft", prompts, [f"rm:{self.out / 'rm'}"], num_samples=4, max_new_tokens=24,
+                             seed=self.seed, log=self.log)
+        self._write_jsonl(self.out / "ranked_pairs.jsonl", pairs)
+        # the RPO term (DPO + the chosen answers' cross-entropy) keeps the small model close to
+        # answers it wrote; plain DPO drifts further from SFT (KL ~5 vs ~0.3 here) for a similar reward
+        cfg = self._train_config("dpo", lr=2e-5 if self.base else 3e-5)
         summary = train_dpo(self.out / "sft", pairs, cfg, beta=0.1, rpo_alpha=1.0, max_length=128, val_fraction=0.1,
                             log=self.log)
         final = summary["final"]
+        self.result.figures["ranked_pairs"] = len(pairs)
         self.result.figures["dpo_val_accuracy"] = final.get("val_rewards/accuracies")
         self.result.figures["dpo_val_logp_margin"] = final.get("val_logp_margin")
         self.result.figures["dpo_steps"] = summary["steps"]
@@ -336,7 +358,7 @@ class Demo:
         from .train.ppo import PPOConfig, train_ppo
 
         self._stage("ppo", "PPO against the reward model with a KL penalty to the SFT model")
-        prompts = [c[-2]["content"] for c in conversations]
+        prompts = self._training_prompts(conversations)
         random.Random(self.seed).shuffle(prompts)
         cfg = self._train_config("ppo", lr=2e-6 if self.base else 2e-5, log_every=1)
         summary = train_ppo(self.out / "sft", prompts, None, cfg, PPOConfig(mini_batch_size=8, ppo_epochs=2,
@@ -352,9 +374,11 @@ class Demo:
         from .train.compare import compare_policies
 
         prompts = self._held_out_prompts()
-        self._stage("compare", f"SFT vs DPO vs PPO on {len(prompts)} held-out prompts (reward model score, KL to SFT)")
+        self._stage("compare", f"SFT vs DPO vs PPO on {len(prompts)} held-out prompts, {HELD_OUT_SAMPLES} sampled answers "
+                               f"each (reward model score, KL to SFT)")
         table = compare_policies({name: self.out / name for name in ("sft", "dpo", "ppo")}, self.out / "sft",
-                                 self.out / "rm", prompts, seed=self.seed, n_samples=len(prompts))
+                                 self.out / "rm", prompts, seed=self.seed, n_samples=len(prompts),
+                                 samples_per_prompt=HELD_OUT_SAMPLES)
         for name, row in table["policies"].items():
             self.result.figures[f"{name}_heldout_reward"] = row["reward"]
             self.result.figures[f"{name}_heldout_kl"] = row["kl"]
@@ -423,7 +447,7 @@ class Demo:
             ("ppo", "mean reward / KL in the last step", f"{_fmt(f.get('ppo_train_reward'))} / {_fmt(f.get('ppo_train_kl'))}"),
         ]
         for name in ("sft", "dpo", "ppo"):
-            rows.append((f"{name} policy", "held-out reward / KL to SFT",
+            rows.append((f"{name} policy", f"held-out reward / KL to SFT ({HELD_OUT_SAMPLES} answers per prompt)",
                          f"{_fmt(f.get(f'{name}_heldout_reward'))} / {_fmt(f.get(f'{name}_heldout_kl'))}"))
             rows.append((f"{name} policy", f"greedy answers to {n} prompts: distinct / with \ufffd / on topic",
                          f"{f.get(f'{name}_distinct_answers')} / {f.get(f'{name}_replacement_chars')} / "

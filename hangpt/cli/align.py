@@ -167,13 +167,13 @@ def rank_samples_cmd(model, reward_model, rewards, prompts, out, num_samples, se
 
 def _write_pairs(out, pairs) -> None:
     """Preference pairs as TRL-shaped JSON lines, written atomically."""
-    import json
     from pathlib import Path
 
     from ..checkpoint import write_file_atomic
+    from ..data.preferences import preferences_jsonl
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(out, "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs).encode("utf-8"))
+    write_file_atomic(out, preferences_jsonl(pairs).encode("utf-8"))
 
 
 @click.command()
@@ -369,10 +369,13 @@ def _named_folder(ctx, param, values):
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=24, show_default=True)
 @click.option("--samples", type=click.IntRange(min=0), default=4, show_default=True,
               help="Prompts shown with each policy's greedy answer.")
+@click.option("--samples-per-prompt", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Answers sampled per prompt for the means and win rates (more = less sampling noise).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the table and samples as JSON.")
-def compare(policies, reference, prompts, rewards, reward_model, judges, max_new_tokens, samples, seed, device, as_json):
+def compare(policies, reference, prompts, rewards, reward_model, judges, max_new_tokens, samples, samples_per_prompt, seed,
+            device, as_json):
     """Policies side by side on held-out prompts: mean training reward of sampled answers, each
     --judge's mean and win rate over the first policy, KL to the reference (nats per answer),
     mean length (tokens) and distinct-2 (distinct token bigrams / all bigrams)."""
@@ -382,9 +385,10 @@ def compare(policies, reference, prompts, rewards, reward_model, judges, max_new
 
     if not (rewards or reward_model):
         raise InputError("give --reward or --reward-model (the training reward)")
-    prompt_list = [p for p in read_prompts(prompts) if isinstance(p, str)]
-    table = compare_policies(policies, reference or next(iter(policies.values())), reward_model, prompt_list, seed=seed,
-                             max_new_tokens=max_new_tokens, n_samples=samples, rewards=list(rewards), judges=list(judges))
+    prompt_list = read_prompts(prompts)
+    table = compare_policies(policies, reference or next(iter(policies.values())), reward_model, list(prompt_list),
+                             seed=seed, max_new_tokens=max_new_tokens, n_samples=samples, rewards=list(rewards),
+                             judges=list(judges), samples_per_prompt=samples_per_prompt)
     if as_json:
         print_json(table)
         return
@@ -393,13 +397,14 @@ def compare(policies, reference, prompts, rewards, reward_model, judges, max_new
     for i, spec in enumerate(judges, 1):
         columns.update({f"judge/{spec}": f"judge{i}", f"win/{spec}": f"win{i}"})
     width = max(map(len, rows)) + 2
-    click.echo(f"{len(prompt_list)} held-out prompts; KL to {reference or next(iter(policies.values()))}")
+    click.echo(f"{len(prompt_list)} held-out prompts, {samples_per_prompt} sampled answers each; KL to "
+               f"{reference or next(iter(policies.values()))}")
     click.echo("policy".ljust(width) + "".join(f"{label:>11}" for label in columns.values()))
     for name, row in rows.items():
         click.echo(name.ljust(width) + "".join(f"{row[c]:>11.4f}" for c in columns))
     for i, spec in enumerate(judges, 1):
         click.echo(f"judge{i} = {spec}; win{i} = its win rate over {next(iter(policies))}")
     for s in table["samples"]:
-        click.echo(f"\n> {s['prompt']}")
+        click.echo(f"\n> {s['prompt'] if isinstance(s['prompt'], str) else s['prompt'][-1]['content']}")
         for name, answer in s["answers"].items():
             click.echo(f"  {name}: {answer}")

@@ -67,11 +67,15 @@ def greedy_answers(policy_dir: str | Path, prompts: list[str], max_new_tokens: i
 
 def compare_policies(policies: dict[str, Path], reference_dir: Path, reward_model_dir: Path | None, prompts: list[str],
                      seed: int = 0, max_new_tokens: int = 24, n_samples: int = 8, rewards: list[str] = (),
-                     judges: list[str] = ()) -> dict:
+                     judges: list[str] = (), samples_per_prompt: int = 1) -> dict:
     """{"policies": {name: {reward, kl, length, distinct2, judge/J, win/J}}, "samples": [{"prompt",
     "answers": {name: text}}]}. The training reward is the reward model in `reward_model_dir`
     plus the `rewards` specs; each judge spec is scored on its own, and win/J is the share of
-    prompts where the policy's answer beats the first policy's by judge J (ties count half)."""
+    sampled answers that beat the first policy's to the same prompt by judge J (ties count half).
+    The means are over `samples_per_prompt` sampled answers to each prompt: with one answer to
+    a few dozen prompts, sampling noise alone can hide the difference between two policies."""
+    shown = prompts[:n_samples]
+    prompts = [p for p in prompts for _ in range(samples_per_prompt)]
     reference = load_checkpoint(reference_dir)
     tok = reference.tokenizer
     specs = [*([f"rm:{reward_model_dir}"] if reward_model_dir else []), *rewards]
@@ -85,7 +89,6 @@ def compare_policies(policies: dict[str, Path], reference_dir: Path, reward_mode
         for spec in judges:
             pairs = list(zip(scores[spec], baseline[spec]))
             row[f"win/{spec}"] = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / max(len(pairs), 1)
-    shown = prompts[:n_samples]
     answers = {name: greedy_answers(path, shown, max_new_tokens) for name, path in policies.items()}
     samples = [{"prompt": p, "answers": {name: answers[name][i] for name in policies}} for i, p in enumerate(shown)]
     return {"policies": table, "samples": samples}
