@@ -102,6 +102,17 @@ def prefetch_threads_end(timeout: float = 5.0) -> bool:
     return not any(t.name == "prefetch" for t in threading.enumerate())
 
 
+def test_batches_cut_blocks_between_documents():
+    rng = random.Random(0)
+    blocks = [["가" * rng.randint(1, 40) for _ in range(rng.randint(0, 30))] for _ in range(20)]
+    with mock.patch.object(shards, "BATCH_CHARS", 100):
+        batches = list(shards._batches(blocks))
+    assert [d for _, batch in batches for d in batch] == [d for block in blocks for d in block]  # all, in order
+    assert [first for first, _ in batches] == list(np.cumsum([0] + [len(b) for _, b in batches[:-1]]))
+    sizes = [sum(map(len, batch)) for _, batch in batches]
+    assert all(100 <= size < 140 for size in sizes[:-1]) and 0 < sizes[-1] < 140  # full, never past one document
+
+
 def test_prefetch_yields_the_items_in_order():
     items = [[i] * (i % 5) for i in range(1000)]
     assert list(prefetch(iter(items), depth=3)) == items
