@@ -36,6 +36,11 @@ class PreferencePair:
         return d
 
 
+def preferences_jsonl(pairs: list[PreferencePair]) -> str:
+    """Pairs as the JSON lines `read_preferences` reads back (TRL's prompt/chosen/rejected)."""
+    return "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs)
+
+
 def read_preferences(path: str | Path) -> Records:
     """Every preference pair in a file. A record with an empty prompt or answer is skipped and
     counted (`.skipped`); a record of the wrong shape stops with the file and record named."""
