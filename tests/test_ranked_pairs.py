@@ -69,3 +69,8 @@ def test_rank_samples_needs_a_reward(sft_both_styles, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].endswith("give --reward-model or --reward")
     assert "Traceback" not in proc.stderr and not (tmp_path / "p.jsonl").exists()
+    proc = subprocess.run([sys.executable, "-m", "hangpt", "rm", "rank-samples", "--model", str(sft_both_styles),
+                           "--prompts", str(prompts), "--reward", "python:x.py:f", "--max-new-tokens", "4096",
+                           "--out", str(tmp_path / "p.jsonl")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--max-new-tokens 4096: must be below the model's context length" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -18,6 +18,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..data.preferences import PreferencePair, chat_template, prompt_messages
+from ..errors import InputError
 from .rewards import build_scorer
 from .rollout import sample_responses
 
@@ -31,9 +32,11 @@ def rank_samples(model_dir: str | Path, prompts: list, rewards: list[str], num_s
     the lowest-scored answer. A prompt is skipped when none of its answers ended or all score alike."""
     ckpt = load_checkpoint(model_dir)
     model, tokenizer, template = ckpt.model.to(device), ckpt.tokenizer, chat_template(ckpt)
+    n_ctx = model.config.context_length
+    if max_new_tokens >= n_ctx:
+        raise InputError(f"--max-new-tokens {max_new_tokens}: must be below the model's context length {n_ctx}")
     score = build_scorer(rewards, tokenizer, device)
     eos = tokenizer.eos_id
-    n_ctx = model.config.context_length
     pairs, skipped = [], 0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
