@@ -247,7 +247,7 @@ class Demo:
         self.sft(conversations)
         self.write_pairs(pairs)
         self.reward_model(pairs)
-        self.dpo(conversations)
+        self.dpo(conversations, pairs)
         self.ppo(conversations)
         self.compare()
         self.result.minutes = round((time.perf_counter() - start) / 60, 2)
@@ -327,7 +327,7 @@ class Demo:
         self.log(f"  held-out pairwise accuracy {_fmt(summary['final'].get('val_accuracy'))}")
         self._stage_done()
 
-    def dpo(self, conversations) -> None:
+    def dpo(self, conversations, synthetic_pairs) -> None:
         from .train.dpo import train_dpo
         from .train.ranked_pairs import rank_samples
 
@@ -340,13 +340,17 @@ class Demo:
         pairs = rank_samples(self.out / "sft", prompts, [f"rm:{self.out / 'rm'}"], num_samples=4, max_new_tokens=24,
                              seed=self.seed, log=self.log)
         self._write_jsonl(self.out / "ranked_pairs.jsonl", pairs)
+        self.result.figures["ranked_pairs"] = len(pairs)
+        if not pairs:  # an SFT model trained a few steps rarely ends an answer
+            self.log("  warning: no ranked pairs (the SFT model's answers did not end, or scored alike), so DPO trains "
+                     "on the synthetic pairs")
+            pairs = synthetic_pairs
         # the RPO term (DPO + the chosen answers' cross-entropy) keeps the small model close to
         # answers it wrote; plain DPO drifts further from SFT (KL ~5 vs ~0.3 here) for a similar reward
         cfg = self._train_config("dpo", lr=2e-5 if self.base else 3e-5)
         summary = train_dpo(self.out / "sft", pairs, cfg, beta=0.1, rpo_alpha=1.0, max_length=128, val_fraction=0.1,
                             log=self.log)
         final = summary["final"]
-        self.result.figures["ranked_pairs"] = len(pairs)
         self.result.figures["dpo_val_accuracy"] = final.get("val_rewards/accuracies")
         self.result.figures["dpo_val_logp_margin"] = final.get("val_logp_margin")
         self.result.figures["dpo_steps"] = summary["steps"]
@@ -443,6 +447,7 @@ class Demo:
             ("pretrain", "validation bits per byte", f.get("pretrain_val_bpb")),
             ("sft", "validation answer loss (nats/token)", f.get("sft_val_answer_loss")),
             ("rm", "held-out pairwise accuracy", f.get("rm_val_accuracy")),
+            ("dpo", "pairs from the SFT model's ranked answers (0: the synthetic pairs were used)", f.get("ranked_pairs")),
             ("dpo", "held-out preference accuracy", f.get("dpo_val_accuracy")),
             ("ppo", "mean reward / KL in the last step", f"{_fmt(f.get('ppo_train_reward'))} / {_fmt(f.get('ppo_train_kl'))}"),
         ]

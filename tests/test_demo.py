@@ -37,9 +37,11 @@ def test_demo_runs_every_stage(tiny_demo):
         assert isinstance(figures[key], (int, float)), key
     assert 0 <= figures["rm_val_accuracy"] <= 1
     assert figures["preference_pairs"] > 400
-    # DPO trained on the SFT model's own answers, ranked by the reward model, as many as its few steps use
+    # DPO trains on the SFT model's own answers ranked by the reward model, as many as its steps use;
+    # an SFT model trained a few steps may end none of them, and the synthetic pairs stand in
     ranked = (out / "ranked_pairs.jsonl").read_text(encoding="utf-8").splitlines()
-    assert 0 < len(ranked) == figures["ranked_pairs"] <= figures["dpo_steps"] * 16 / 0.9 + 1
+    assert len(ranked) == figures["ranked_pairs"] <= figures["dpo_steps"] * 16 / 0.9 + 1
+    assert ranked or "DPO trains on the synthetic pairs" in log
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "validation bits per byte" in report and "ppo/reward_curve.png" in report
     assert (out / "pretrain" / "loss_curve.png").stat().st_size > 1000
