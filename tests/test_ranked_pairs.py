@@ -74,3 +74,7 @@ def test_rank_samples_needs_a_reward(sft_both_styles, tmp_path):
                            "--out", str(tmp_path / "p.jsonl")], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "--max-new-tokens 4096: must be below the model's context length" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "hangpt", "rm", "rank-samples", "--model", str(sft_both_styles),
+                           "--prompts", str(prompts), "--reward", "python:x.py:f", "--temperature", "0",
+                           "--out", str(tmp_path / "p.jsonl")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --temperature 0")

@@ -30,6 +30,8 @@ def rank_samples(model_dir: str | Path, prompts: list, rewards: list[str], num_s
     """One pair per prompt: chosen = the highest-scored answer that ended (the model wrote its end
     token within max_new_tokens: an answer cut short must not be taught as complete), rejected =
     the lowest-scored answer. A prompt is skipped when none of its answers ended or all score alike."""
+    if temperature <= 0:
+        raise InputError(f"--temperature {temperature}: must be > 0 (greedy answers to one prompt are all the same)")
     ckpt = load_checkpoint(model_dir)
     model, tokenizer, template = ckpt.model.to(device), ckpt.tokenizer, chat_template(ckpt)
     n_ctx = model.config.context_length
