@@ -7,9 +7,10 @@ by a hash of the file list (paths, sizes, mtimes), the tokenizer and the split, 
 repeated run reuses it instead of re-tokenizing.
 
 A byte-level BPE as hangpt trains it is encoded by tiktoken with the same merges: the Hugging Face
-tokenizer's ids exactly, in a sixth of the CPU time. Each call encodes a block of documents joined
-by <eos> (~1 MB) and gives the shard's layout directly; tiktoken releases the GIL, so one thread per
-core encodes while a reading thread reads ahead and the main thread writes in order, a few blocks in flight.
+tokenizer's ids exactly, in a sixth of the CPU time. Each call encodes a batch of documents joined
+by <eos> (~64K characters) and gives the shard's layout directly; tiktoken releases the GIL, so one
+thread per core encodes while a reading thread reads ahead and the main thread writes in order, a
+few batches in flight.
 Tokenizers tiktoken cannot reproduce (SentencePiece-style, BPE variants) go through `tokenizers`.
 
 Bits per byte needs the UTF-8 size of the text the validation tokens cover: `val_docs.npy` holds,
