@@ -31,6 +31,7 @@ from ..device import current_device, distributed
 from ..errors import InputError, Interrupted
 from ..plotting import loss_curve_png
 from ..models import CausalLM
+from ..memory import keep_freed_memory
 from ..threads import ThreadPolicy
 from .muon import MuonAdamW
 
@@ -168,6 +169,7 @@ class ResumableRun:
     def run_steps(self, loop: Callable[["StepBoundaryStop"], None], bar) -> None:
         """Run the step loop with Ctrl-C deferred to the next step boundary (see StepBoundaryStop).
         A second Ctrl-C stops at once: nothing is saved mid-step, since that could not resume exactly."""
+        keep_freed_memory()  # no page faults for activations every step (see hangpt/memory.py)
         with StepBoundaryStop() as stop:
             try:
                 loop(stop)

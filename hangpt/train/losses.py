@@ -51,6 +51,20 @@ def vocab_cross_entropy(lm_head, hidden: torch.Tensor, targets: torch.Tensor, re
     return total / max(len(targets), 1) if reduction == "mean" else total
 
 
+def _onednn_linear():
+    """oneDNN's fp32 GEMM (torch's private `mkldnn::_linear_pointwise`, which inductor uses), or None.
+    For the head's shapes it is 20-30% faster than the MKL GEMM behind F.linear on a CPU whose
+    vector units MKL does not use fully (AMD EPYC with AVX-512: one 4096-token head pass, forward
+    and both gradients, 341 instead of 444 ms)."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+ONEDNN_LINEAR = _onednn_linear()
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T + bias` against `targets`, with the gradients
     computed in the same pass, a chunk of rows at a time.
@@ -61,6 +75,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     the chunk is still in cache. The matmuls are the ones autograd would run; what is saved is
     log_softmax's separate passes over memory, forward and backward. Since the loss is a sum, the
     backward pass only scales the stored gradients by the incoming scalar.
+
+    Under autocast the head is cast to the autocast dtype once per call, not once per chunk (autocast
+    caches casts only where autograd records them, which it does not inside a Function).
 
     A chunk has at least MIN_ROWS rows: each chunk reads the whole head twice, and with a large
     vocabulary (Qwen2.5's 151,936 words x 896: 544 MB) 16-row chunks made those reads, not the
@@ -74,13 +91,18 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets):
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         rows = max(LinearCrossEntropy.MIN_ROWS, LinearCrossEntropy.CHUNK_ELEMENTS // weight.shape[0])
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        x, w = hidden.to(dtype), weight.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        onednn = ONEDNN_LINEAR is not None and device == "cpu" and dtype == torch.float32 == weight.dtype
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want_bias else None
         total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, hidden.shape[0], rows):
-            h, t = hidden[start:start + rows], targets[start:start + rows]
-            logits = F.linear(h, weight, bias)  # in autocast's dtype where autocast is on
+        for start in range(0, x.shape[0], rows):
+            h, t = x[start:start + rows], targets[start:start + rows]
+            logits = ONEDNN_LINEAR(h, w, b, "none", [], "") if onednn else F.linear(h, w, b)
             grad_logits = logits.float()
             picked = grad_logits.gather(1, t[:, None])
             top = grad_logits.amax(1, keepdim=True)
@@ -90,11 +112,15 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_logits[torch.arange(len(t), device=t.device), t] -= 1  # softmax - one-hot
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
-            grad_logits = grad_logits.to(logits.dtype)
+            grad_logits = grad_logits.to(dtype)
             if grad_hidden is not None:
-                grad_hidden[start:start + rows] = grad_logits @ weight
+                grad_hidden[start:start + rows] = (ONEDNN_LINEAR(grad_logits, w.t(), None, "none", [], "")
+                                                   if onednn else grad_logits @ w)
             if grad_weight is not None:
-                grad_weight += grad_logits.t() @ h
+                if dtype == torch.float32:
+                    grad_weight.addmm_(grad_logits.t(), h)  # no product temporary to add
+                else:
+                    grad_weight += grad_logits.t() @ h
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = hidden.dtype, weight.dtype
         return total
