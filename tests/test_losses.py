@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from hangpt.train.losses import (
@@ -121,13 +122,20 @@ def test_ppo_value_loss_clips_by_hand():
     assert abs(loss.item() - 0.5 * (3.24 + 0.0) / 2) < 1e-6
 
 
-def test_fused_vocab_cross_entropy_equals_cross_entropy_of_the_head(monkeypatch):
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn-gemm", "torch-gemm"])
+def test_fused_vocab_cross_entropy_equals_cross_entropy_of_the_head(monkeypatch, onednn):
     """Loss and every gradient equal F.cross_entropy(head(h)) across chunk boundaries, with and
-    without a head bias, mean and sum, a head tied to an embedding, and under bf16 autocast."""
+    without a head bias, mean and sum, a head tied to an embedding, and under bf16 autocast; through
+    oneDNN's fp32 GEMM where torch has it, and through torch's own."""
     import torch.nn.functional as F
 
+    from hangpt.train import losses
     from hangpt.train.losses import LinearCrossEntropy, vocab_cross_entropy
 
+    if onednn and losses.ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    if not onednn:
+        monkeypatch.setattr(losses, "ONEDNN_LINEAR", None)
     monkeypatch.setattr(LinearCrossEntropy, "CHUNK_ELEMENTS", 7 * 97)
     monkeypatch.setattr(LinearCrossEntropy, "MIN_ROWS", 16)  # 16-row chunks, the last one short
     torch.manual_seed(0)
