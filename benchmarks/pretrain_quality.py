@@ -7,10 +7,13 @@ Llama layout, Muon, linear decay to zero). Each recipe pretrains `--preset tiny`
 with `--seeds` seeds. Every run holds out the same documents (every 50th) and scores the same
 validation tokens. All runs start at the same moment with one thread each (HANGPT_THREADS=1), so
 on a machine that other work shares they all see the same load; `tokens` and `steps` show how much
-CPU each got. The tokenizer is trained once, exactly as `hangpt pretrain` would, and shared.
+CPU each got. With `--one-at-a-time` the runs go one after another with the machine's default
+threads instead, seed by seed and recipe by recipe: the 10 minutes a user's own run gets on an
+otherwise idle machine. The tokenizer is trained once, exactly as `hangpt pretrain` would, and shared.
 
     python benchmarks/pretrain_quality.py [--data-dir ../shared/data] [--minutes 10] [--seeds 2]
         [--eval-every 25] [--plot docs/img/pretrain_quality.png] [--out DIR] [--recipes old llama new]
+        [--one-at-a-time]
 
 The plot is validation bits per byte against minutes of training, from each run's train_log.jsonl.
 Last line: RESULT pretrain_quality old_bpb=... llama_bpb=... new_bpb=... (means over the seeds) target_bpb=1.85
@@ -41,14 +44,14 @@ TARGET = 1.85
 
 
 def launch(name: str, flags: list[str], seed: int, files: list[Path], tokenizer: Path, out: Path, minutes: float,
-           eval_every: int):
+           eval_every: int, one_thread: bool):
     cmd = [sys.executable, "-m", "hangpt", "pretrain", "--data", *map(str, files), "--text-column", "document",
            "--preset", "tiny", "--tokenizer", str(tokenizer), "--time-budget", str(minutes), "--seed", str(seed),
            "--eval-every", str(eval_every), "--save-every", "100000", "--out", str(out / f"{name}-{seed}"), "--overwrite",
            "--no-progress", "--json", *flags]
     log = open(out / f"{name}-{seed}.log", "w")
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
-                            env={**os.environ, "HANGPT_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    threads = {"HANGPT_THREADS": "1", "OMP_NUM_THREADS": "1"} if one_thread else {}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **threads})
 
 
 def curve(folder: Path) -> list[tuple[float, float]]:
@@ -57,7 +60,7 @@ def curve(folder: Path) -> list[tuple[float, float]]:
     return [(r["minutes"], r["val_bpb"]) for r in rows if "val_bpb" in r]
 
 
-def plot(curves: dict[str, list[list[tuple[float, float]]]], path: Path, minutes: float) -> None:
+def plot(curves: dict[str, list[list[tuple[float, float]]]], path: Path, minutes: float, how: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +74,7 @@ def plot(curves: dict[str, list[list[tuple[float, float]]]], path: Path, minutes
             ax.plot(*zip(*points), "o-", color=color, markersize=2.5, linewidth=1.2, alpha=0.9,
                     label=LABELS[name] if i == 0 else None)
     ax.axhline(TARGET, color="tab:red", linestyle=":", linewidth=1, label=f"{TARGET} bits per byte")
-    ax.set_xlabel("minutes of training (1 thread each, runs side by side)")
+    ax.set_xlabel(f"minutes of training ({how})")
     ax.set_ylabel("validation bits per byte")
     ax.set_xlim(0, minutes * 1.1)
     ax.set_title(f"hangpt pretrain --preset tiny, Korean texts + NSMC reviews, {minutes:g} min")
@@ -93,23 +96,35 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
                     help="old: the 2019 recipe; llama: the same with the Llama layout; new: today's defaults")
+    ap.add_argument("--one-at-a-time", action="store_true",
+                    help="run one after another with default threads (default: side by side, 1 thread each)")
     args = ap.parse_args()
+    how = "one run at a time, default threads" if args.one_at_a_time else "1 thread each, runs side by side"
     files = [args.data_dir / "korean_text", args.data_dir / "nsmc" / "ratings_train.txt.gz"]
     with tempfile.TemporaryDirectory(prefix="hangpt-quality-") as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         _corpus_tokenizer(files, out / "data", 8192, 0.02, "document")
         tokenizer = next((out / "data").glob("tokenizer-*"))
-        print(f"{len(args.recipes) * args.seeds} runs of {args.minutes:g} min side by side, 1 thread each; "
+        print(f"{len(args.recipes) * args.seeds} runs of {args.minutes:g} min, {how}; "
               f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-        procs = {(name, seed): launch(name, flags, seed, files, tokenizer, out, args.minutes, args.eval_every)
-                 for seed in range(1, args.seeds + 1) for name, flags in RECIPES.items() if name in args.recipes}
-        results = {}
-        for key, proc in procs.items():
+        runs = [(name, seed) for seed in range(1, args.seeds + 1) for name in RECIPES if name in args.recipes]
+
+        def start(name: str, seed: int):
+            return launch(name, RECIPES[name], seed, files, tokenizer, out, args.minutes, args.eval_every,
+                          one_thread=not args.one_at_a_time)
+
+        def finish(key, proc) -> dict:
             stdout, _ = proc.communicate()
             if proc.returncode != 0:
                 raise SystemExit(f"{key}: exit {proc.returncode}; see {out}/{key[0]}-{key[1]}.log")
-            results[key] = json.loads(stdout)
+            return json.loads(stdout)
+
+        if args.one_at_a_time:
+            results = {key: finish(key, start(*key)) for key in runs}
+        else:
+            procs = {key: start(*key) for key in runs}
+            results = {key: finish(key, proc) for key, proc in procs.items()}
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
         print(f"{'recipe':<6} {'seed':>4} {'steps':>6} {'tokens':>9} {'minutes':>8} {'val bpb':>8}")
         for (name, seed), r in results.items():
@@ -118,7 +133,7 @@ def main() -> None:
                 for name in args.recipes}
         if args.plot:
             plot({name: [curve(out / f"{name}-{seed}") for seed in range(1, args.seeds + 1)] for name in args.recipes},
-                 args.plot, args.minutes)
+                 args.plot, args.minutes, how)
             print(f"plot: {args.plot}")
     shown = " ".join(f"{name}_bpb={bpb:.3f}" for name, bpb in mean.items())
     print(f"RESULT pretrain_quality {shown} target_bpb={TARGET} minutes={args.minutes:g}")
