@@ -72,9 +72,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     The logits of a whole batch (tokens x vocabulary, 134 MB for 16 x 256 tokens and 8192 words)
     are never stored: each chunk's logits become its softmax in place, minus one at the target is
     d(loss)/d(logits), and two matmuls turn that into the gradients of hidden and of the head, while
-    the chunk is still in the CPU's last-level cache. The matmuls are the ones autograd would run; what is saved is
-    log_softmax's separate passes over memory, forward and backward. Since the loss is a sum, the
-    backward pass only scales the stored gradients by the incoming scalar.
+    the chunk is still in the CPU's last-level cache. The matmuls are the ones autograd would run;
+    what is saved is log_softmax's separate passes over memory, forward and backward. Since the loss
+    is a sum, the backward pass only scales the stored gradients by the incoming scalar.
 
     Under autocast the head is cast to the autocast dtype once per call, not once per chunk (autocast
     caches casts only where autograd records them, which it does not inside a Function).
