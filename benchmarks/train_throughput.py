@@ -120,7 +120,10 @@ def measure(arch: str, dtype: str, steps: int, warmup: int) -> dict[str, float]:
             for name, proc in procs.items():
                 proc.stdin.write("\n")
                 proc.stdin.flush()
-                seconds = json.loads(proc.stdout.readline())
+                line = proc.stdout.readline()
+                if not line:
+                    raise SystemExit(f"the {name} runner stopped (run it alone: --worker {name} {arch} {dtype})")
+                seconds = json.loads(line)
                 if i >= warmup:
                     times[name].append(seconds)
     finally:
